@@ -1,0 +1,126 @@
+"""The one place that decides where things are and how Spark runs.
+
+DAGs, Spark jobs, tools and tests ask `get_settings()`; nothing else hard-codes a path. Every value
+comes from the environment with a default that keeps everything inside the checkout:
+
+    LAKEHOUSE_LANDING              landing zone root          (./data/landing)
+    LAKEHOUSE_WAREHOUSE            Delta tables root          (./data/warehouse)
+    AIRFLOW_HOME                   Airflow's home and SQLite  (./.airflow)
+    LAKEHOUSE_RUNTIME              local | spark | databricks (local)
+    LAKEHOUSE_SPARK_MASTER         master for local runs      (local[*])
+    LAKEHOUSE_SPARK_DRIVER_MEMORY  driver heap                (2g)
+    LAKEHOUSE_SHUFFLE_PARTITIONS   spark.sql.shuffle.partitions (4: a small machine)
+    LAKEHOUSE_SPARK_UI             Spark UI on or off         (true)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date
+from importlib import metadata
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+LAYERS = ("bronze", "silver", "gold")
+RUNTIMES = ("local", "spark", "databricks")
+
+# The real order days the repository ships (a few weeks of the UCI Online Retail data set).
+SAMPLE_ORDERS_DIR = PROJECT_ROOT / "include" / "data" / "online-retail" / "by-day"
+
+LOG4J_CONFIG = PROJECT_ROOT / "include" / "log4j2.properties"
+
+# Tables that are not business tables but book-keeping of the layer that owns them.
+INGESTED_FILES_TABLE = ("bronze", "ingested_files")
+
+
+def _flag(value: str) -> bool:
+    if value.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.strip().lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    landing: Path
+    warehouse: Path
+    airflow_home: Path
+    runtime: str = "local"
+    spark_master: str = "local[*]"
+    driver_memory: str = "2g"
+    shuffle_partitions: int = 4
+    spark_ui: bool = True
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+
+        def path(name: str, default: Path) -> Path:
+            value = env.get(name)
+            return Path(value).expanduser().resolve() if value else default
+
+        runtime = env.get("LAKEHOUSE_RUNTIME", "local") or "local"
+        if runtime not in RUNTIMES:
+            raise ValueError(f"LAKEHOUSE_RUNTIME={runtime!r}: expected one of {', '.join(RUNTIMES)}")
+        try:
+            partitions = int(env.get("LAKEHOUSE_SHUFFLE_PARTITIONS", "4"))
+            spark_ui = _flag(env.get("LAKEHOUSE_SPARK_UI", "true"))
+        except ValueError as error:
+            raise ValueError(f"bad Spark setting in the environment: {error}") from None
+        return cls(
+            landing=path("LAKEHOUSE_LANDING", PROJECT_ROOT / "data" / "landing"),
+            warehouse=path("LAKEHOUSE_WAREHOUSE", PROJECT_ROOT / "data" / "warehouse"),
+            airflow_home=path("AIRFLOW_HOME", PROJECT_ROOT / ".airflow"),
+            runtime=runtime,
+            spark_master=env.get("LAKEHOUSE_SPARK_MASTER", "local[*]"),
+            driver_memory=env.get("LAKEHOUSE_SPARK_DRIVER_MEMORY", "2g"),
+            shuffle_partitions=partitions,
+            spark_ui=spark_ui,
+        )
+
+    @property
+    def spark_conn_id(self) -> str:
+        """The Airflow connection whose master the jobs are submitted to."""
+        return "spark_default" if self.runtime == "spark" else "spark_local"
+
+    def landing_dir(self, source: str, ingestion_date: date | str) -> Path:
+        """The folder that holds one source's delivery for one ingestion date."""
+        return self.landing / source / _iso(ingestion_date)
+
+    def table_path(self, layer: str, table: str) -> str:
+        if layer not in LAYERS:
+            raise ValueError(f"unknown layer {layer!r}; layers are {', '.join(LAYERS)}")
+        return str(self.warehouse / layer / table)
+
+    def spark_conf(self) -> dict[str, str]:
+        """Spark settings for every job, whether the session is built here or by spark-submit."""
+        return {
+            "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+            "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+            "spark.sql.session.timeZone": "UTC",
+            "spark.sql.shuffle.partitions": str(self.shuffle_partitions),
+            # Delta rebuilds table state with 50 tasks by default: pure overhead for small tables.
+            "spark.databricks.delta.snapshotPartitions": str(self.shuffle_partitions),
+            "spark.ui.enabled": str(self.spark_ui).lower(),
+            "spark.ui.showConsoleProgress": "false",
+            "spark.driver.memory": self.driver_memory,
+            "spark.driver.extraJavaOptions": f"-Dlog4j.configurationFile=file:{LOG4J_CONFIG}",
+        }
+
+
+def get_settings() -> Settings:
+    return Settings.from_env()
+
+
+def delta_package() -> str:
+    """Maven coordinate of the Delta jar that matches the installed delta-spark and pyspark."""
+    spark_minor = ".".join(metadata.version("pyspark").split(".")[:2])
+    return f"io.delta:delta-spark_{spark_minor}_2.13:{metadata.version('delta-spark')}"
+
+
+def _iso(value: date | str) -> str:
+    return value.isoformat() if isinstance(value, date) else date.fromisoformat(value).isoformat()

@@ -1,0 +1,1 @@
+"""Landing-zone and reporting commands: `python -m include.tools.<name> --help`."""

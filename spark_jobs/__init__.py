@@ -1,0 +1,1 @@
+"""The Spark jobs, one entry file per medallion layer; pure transforms live in `transforms`."""

@@ -1,0 +1,195 @@
+"""Bronze job: one source's delivery for one ingestion date -> `bronze/<source>`, replaced atomically.
+
+    spark-submit spark_jobs/bronze.py --source orders --ingestion-date 2010-12-01
+
+Every data line of every delivered file becomes exactly one row; the job checks that count against
+the files before it finishes, and records the files it ingested in `bronze/ingested_files`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from functools import reduce
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file by spark-submit or Databricks: put the project on the path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from include.config import INGESTED_FILES_TABLE, Settings, get_settings
+from include.landing import DeliveredFile, DeliveryError, inspect_file, list_delivery
+from include.sources import Source, get_source
+from spark_jobs.common import configure_logging, job_arguments, replace_partition
+from spark_jobs.transforms.bronze import without_carriage_return
+
+log = logging.getLogger("lakehouse.bronze")
+
+
+class AccountingError(RuntimeError):
+    """Bronze rows do not match the delivered data lines."""
+
+
+@dataclass(frozen=True)
+class BronzeResult:
+    source: str
+    ingestion_date: date
+    files: int
+    rows: int
+    malformed_rows: int
+    seconds: float
+    table: str
+
+
+def run_bronze(spark, settings: Settings, source: Source, ingestion_date: date, run_id: str) -> BronzeResult:
+    """Load one delivery into bronze, replacing whatever an earlier run wrote for that date."""
+    from pyspark.sql import Observation
+    from pyspark.sql import functions as F
+
+    from spark_jobs.transforms.bronze import add_ingestion_metadata, bronze_schema, parse_lines
+
+    started = time.monotonic()
+    folder = settings.landing_dir(source.name, ingestion_date)
+    if not folder.is_dir():
+        raise DeliveryError(f"no {source.name} delivery for {ingestion_date}: {folder} does not exist")
+    paths, ignored = list_delivery(folder)
+    for entry in ignored:
+        log.warning("ignoring %s: only .csv and .csv.gz files are deliveries", entry)
+    if not paths:
+        log.warning("%s holds no .csv or .csv.gz file: an empty delivery", folder)
+
+    delivered = [inspect_file(path, source, settings.landing) for path in paths]
+    expected_rows = sum(item.data_lines for item in delivered)
+    for item in delivered:
+        log.info("%s: %s bytes, %s data lines, sha256 %s", item.relative_path, f"{item.size_bytes:,}",
+                 f"{item.data_lines:,}", item.sha256)
+
+    ingested_at = datetime.now(timezone.utc)
+    lines = _read_lines(spark, delivered)
+    bronze = add_ingestion_metadata(parse_lines(lines, source), source, ingestion_date, ingested_at, run_id)
+    observation = Observation(f"bronze_{source.name}")
+    bronze = bronze.observe(
+        observation,
+        F.count(F.lit(1)).alias("rows"),
+        F.count_if(F.col("_is_malformed")).alias("malformed"),
+    )
+    table = settings.table_path("bronze", source.name)
+    if not delivered:
+        bronze = spark.createDataFrame([], bronze_schema(source))
+    replace_partition(bronze, table, f"_ingestion_date = '{ingestion_date.isoformat()}'", ["_ingestion_date"])
+    metrics = observation.get if delivered else {"rows": 0, "malformed": 0}
+
+    if metrics["rows"] != expected_rows:
+        raise AccountingError(
+            f"bronze {source.name} {ingestion_date}: wrote {metrics['rows']:,} rows but the delivery holds "
+            f"{expected_rows:,} data lines"
+        )
+    _record_ingested_files(spark, settings, source, ingestion_date, delivered, ingested_at, run_id)
+    result = BronzeResult(
+        source=source.name,
+        ingestion_date=ingestion_date,
+        files=len(delivered),
+        rows=metrics["rows"],
+        malformed_rows=metrics["malformed"],
+        seconds=time.monotonic() - started,
+        table=table,
+    )
+    log.info(
+        "bronze %s %s: %s rows (%s malformed) from %d file(s) in %.1f s -> %s",
+        result.source, result.ingestion_date, f"{result.rows:,}", f"{result.malformed_rows:,}",
+        result.files, result.seconds, result.table,
+    )
+    return result
+
+
+def _read_lines(spark, delivered: list[DeliveredFile]):
+    """Every line of every file but its header, with the file it came from."""
+    from pyspark.sql import functions as F
+
+    frames = []
+    for item in delivered:
+        lines = (
+            spark.read.option("lineSep", "\n")
+            .text(_literal_path(item.path))
+            .where(without_carriage_return(F.col("value")) != F.lit(item.header_line))
+        )
+        if item.repeated_headers:
+            # Lines identical to the header were filtered with it; give the repeats back as rows.
+            repeats = spark.range(item.repeated_headers).select(F.lit(item.header_line).alias("value"))
+            lines = lines.unionByName(repeats)
+        frames.append(lines.withColumn("_source_file", F.lit(item.relative_path)))
+    if not frames:
+        return spark.createDataFrame([], "value STRING, _source_file STRING")
+    return reduce(lambda left, right: left.unionByName(right), frames)
+
+
+def _literal_path(path: Path) -> str:
+    """Hadoop reads paths as glob patterns; escape the characters it would expand."""
+    return "".join(f"\\{char}" if char in "[]{}*?\\" else char for char in str(path))
+
+
+def _record_ingested_files(spark, settings, source, ingestion_date, delivered, ingested_at, run_id) -> None:
+    """Replace this date's entries in the manifest; warn about files already ingested for another date."""
+    from pyspark.sql import functions as F
+
+    path = settings.table_path(*INGESTED_FILES_TABLE)
+    schema = (
+        "source STRING, ingestion_date DATE, file STRING, path STRING, size_bytes BIGINT, sha256 STRING, "
+        "data_lines BIGINT, ingested_at TIMESTAMP, run_id STRING"
+    )
+    checksums = [item.sha256 for item in delivered]
+    seen = {}
+    if checksums and _is_delta_table(spark, path):
+        earlier = (
+            spark.read.format("delta").load(path)
+            .where((F.col("source") == source.name) & (F.col("ingestion_date") != F.lit(ingestion_date)))
+            .where(F.col("sha256").isin(checksums))
+            .select("sha256", "file", "ingestion_date")
+            .collect()
+        )
+        for row in earlier:
+            seen.setdefault(row.sha256, []).append(f"{row.file} (ingested for {row.ingestion_date})")
+    first_in_delivery = {}
+    for item in delivered:
+        for other in seen.get(item.sha256, []):
+            log.warning("%s is identical (sha256 %s) to %s", item.relative_path, item.sha256[:12], other)
+        if item.sha256 in first_in_delivery:
+            log.warning("%s is identical (sha256 %s) to %s in the same delivery",
+                        item.relative_path, item.sha256[:12], first_in_delivery[item.sha256])
+        first_in_delivery.setdefault(item.sha256, item.relative_path)
+
+    rows = [
+        (source.name, ingestion_date, item.relative_path, str(item.path), item.size_bytes, item.sha256,
+         item.data_lines, ingested_at, run_id)
+        for item in delivered
+    ]
+    manifest = spark.createDataFrame(rows, schema)
+    predicate = f"source = '{source.name}' AND ingestion_date = '{ingestion_date.isoformat()}'"
+    replace_partition(manifest, path, predicate, ["source"])
+
+
+def _is_delta_table(spark, path: str) -> bool:
+    from delta.tables import DeltaTable
+
+    return DeltaTable.isDeltaTable(spark, path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from include.spark import get_spark
+
+    configure_logging()
+    args = job_arguments("Load one source's delivery for one ingestion date into bronze.", argv)
+    settings = get_settings()
+    source = get_source(args.source)
+    spark = get_spark(f"bronze-{source.name}-{args.ingestion_date}", settings)
+    try:
+        run_bronze(spark, settings, source, args.ingestion_date, args.run_id)
+    except DeliveryError as error:
+        log.error("%s", error)
+        raise SystemExit(2) from error
+
+
+if __name__ == "__main__":
+    main()

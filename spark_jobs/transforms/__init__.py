@@ -1,0 +1,1 @@
+"""Pure DataFrame -> DataFrame transforms: no sessions, no paths, no writes."""

@@ -1,0 +1,64 @@
+"""Where things are, decided in one place from the environment."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from include.config import PROJECT_ROOT, Settings
+
+
+def test_defaults_keep_everything_inside_the_checkout():
+    settings = Settings.from_env({})
+    assert settings.landing == PROJECT_ROOT / "data" / "landing"
+    assert settings.warehouse == PROJECT_ROOT / "data" / "warehouse"
+    assert settings.airflow_home == PROJECT_ROOT / ".airflow"
+    assert settings.runtime == "local"
+    assert settings.spark_conn_id == "spark_local"
+
+
+def test_environment_overrides_paths_and_spark(tmp_path):
+    settings = Settings.from_env({
+        "LAKEHOUSE_LANDING": str(tmp_path / "in"),
+        "LAKEHOUSE_WAREHOUSE": str(tmp_path / "out"),
+        "AIRFLOW_HOME": str(tmp_path / "af"),
+        "LAKEHOUSE_RUNTIME": "spark",
+        "LAKEHOUSE_SHUFFLE_PARTITIONS": "8",
+        "LAKEHOUSE_SPARK_UI": "false",
+    })
+    assert settings.landing_dir("orders", date(2010, 12, 1)) == tmp_path / "in" / "orders" / "2010-12-01"
+    assert settings.table_path("bronze", "events") == str(tmp_path / "out" / "bronze" / "events")
+    assert settings.airflow_home == tmp_path / "af"
+    assert settings.spark_conn_id == "spark_default"
+    conf = settings.spark_conf()
+    assert conf["spark.sql.shuffle.partitions"] == "8"
+    assert conf["spark.ui.enabled"] == "false"
+    assert conf["spark.sql.session.timeZone"] == "UTC"
+
+
+def test_relative_paths_are_resolved(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    assert Settings.from_env({"LAKEHOUSE_LANDING": "landing"}).landing == tmp_path / "landing"
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"LAKEHOUSE_RUNTIME": "kubernetes"}, "LAKEHOUSE_RUNTIME='kubernetes'"),
+    ({"LAKEHOUSE_SHUFFLE_PARTITIONS": "many"}, "bad Spark setting"),
+    ({"LAKEHOUSE_SPARK_UI": "perhaps"}, "expected true or false"),
+])
+def test_bad_settings_are_named(env, message):
+    with pytest.raises(ValueError, match=message):
+        Settings.from_env(env)
+
+
+def test_unknown_layer_is_refused():
+    with pytest.raises(ValueError, match="unknown layer 'platinum'"):
+        Settings.from_env({}).table_path("platinum", "x")
+
+
+def test_landing_date_must_be_a_real_date():
+    with pytest.raises(ValueError):
+        Settings.from_env({}).landing_dir("orders", "2010-13-01")
+    assert isinstance(Settings.from_env({}).landing, Path)

@@ -1,0 +1,49 @@
+"""The installed packages are the ones requirements.txt pins, and they fit together."""
+
+from __future__ import annotations
+
+import re
+from importlib import metadata
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.version import Version
+
+from include.config import PROJECT_ROOT, delta_package
+
+
+def pinned_requirements() -> list[Requirement]:
+    lines = (PROJECT_ROOT / "requirements.txt").read_text().splitlines()
+    return [Requirement(line) for line in (line.split("#")[0].strip() for line in lines) if line]
+
+
+@pytest.mark.parametrize("requirement", pinned_requirements(), ids=str)
+def test_installed_version_satisfies_requirements_txt(requirement):
+    installed = metadata.version(requirement.name)
+    assert requirement.specifier.contains(installed, prereleases=True), (
+        f"{requirement.name} {installed} is installed but requirements.txt asks for {requirement}; run `make setup`"
+    )
+
+
+def test_the_stack_is_the_one_the_project_is_built_for():
+    version = {name: Version(metadata.version(name)) for name in (
+        "apache-airflow", "pyspark", "pyspark-client", "delta-spark", "great-expectations", "pandas")}
+    assert version["apache-airflow"] == Version("3.3.2")
+    assert version["pyspark"].release[:2] == (4, 2)
+    assert version["pyspark-client"] == version["pyspark"], "the Spark provider's client must match pyspark"
+    assert version["delta-spark"].release[:2] == (4, 4)
+    assert Version("1.24") <= version["great-expectations"] < Version("2"), "GX Core 1.x, not 0.18"
+    assert version["pandas"].major < 3, "PySpark 4.2 does not support pandas 3"
+    for provider in ("apache-airflow-providers-databricks", "apache-airflow-providers-apache-spark"):
+        assert metadata.version(provider)
+
+
+def test_every_requirement_is_pinned_to_a_version_or_range():
+    for requirement in pinned_requirements():
+        assert requirement.specifier, f"{requirement.name} has no version in requirements.txt"
+
+
+def test_delta_jar_coordinate_matches_the_installed_python_packages():
+    coordinate = delta_package()
+    assert re.fullmatch(r"io\.delta:delta-spark_4\.2_2\.13:4\.4\.\d+", coordinate), coordinate
+    assert coordinate.endswith(metadata.version("delta-spark"))
