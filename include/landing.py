@@ -35,7 +35,7 @@ class DeliveredFile:
     size_bytes: int
     sha256: str
     data_lines: int  # lines after the header, as Spark reads them (split on \n)
-    header_line: str  # the first line as delivered, without its line break
+    header_line: str  # the first line as Spark reads it: no line break, no byte order mark
     repeated_headers: int  # later lines identical to the first one
 
 
@@ -65,7 +65,8 @@ def inspect_file(path: Path, source: Source, landing_root: Path) -> DeliveredFil
                 raise HeaderMismatchError(
                     f"{relative}: the file is empty; expected the {source.name} header {source.header!r}"
                 )
-            header_bytes = _without_line_break(first)
+            # Hadoop's line reader drops a UTF-8 byte order mark at the start of a file, as Spark will.
+            header_bytes = _without_line_break(first).removeprefix(BOM.encode("utf-8"))
             check_header(_line_text(header_bytes, relative), source, relative)
             data_lines = repeated = 0
             for line in reader:

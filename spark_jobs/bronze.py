@@ -48,7 +48,7 @@ def run_bronze(spark, settings: Settings, source: Source, ingestion_date: date, 
     from pyspark.sql import Observation
     from pyspark.sql import functions as F
 
-    from spark_jobs.transforms.bronze import add_ingestion_metadata, bronze_schema, parse_lines
+    from spark_jobs.transforms.bronze import add_ingestion_metadata, parse_lines
 
     started = time.monotonic()
     folder = settings.landing_dir(source.name, ingestion_date)
@@ -76,10 +76,8 @@ def run_bronze(spark, settings: Settings, source: Source, ingestion_date: date, 
         F.count_if(F.col("_is_malformed")).alias("malformed"),
     )
     table = settings.table_path("bronze", source.name)
-    if not delivered:
-        bronze = spark.createDataFrame([], bronze_schema(source))
     replace_partition(bronze, table, f"_ingestion_date = '{ingestion_date.isoformat()}'", ["_ingestion_date"])
-    metrics = observation.get if delivered else {"rows": 0, "malformed": 0}
+    metrics = observation.get
 
     if metrics["rows"] != expected_rows:
         raise AccountingError(
@@ -120,8 +118,8 @@ def _read_lines(spark, delivered: list[DeliveredFile]):
             repeats = spark.range(item.repeated_headers).select(F.lit(item.header_line).alias("value"))
             lines = lines.unionByName(repeats)
         frames.append(lines.withColumn("_source_file", F.lit(item.relative_path)))
-    if not frames:
-        return spark.createDataFrame([], "value STRING, _source_file STRING")
+    if not frames:  # an empty delivery still replaces the date, with no rows
+        return spark.range(0).select(F.lit("").alias("value"), F.lit("").alias("_source_file"))
     return reduce(lambda left, right: left.unionByName(right), frames)
 
 

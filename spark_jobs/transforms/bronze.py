@@ -16,15 +16,12 @@ CORRUPT = "_corrupt_record"
 FLAG_COLUMNS = ("_is_malformed", "_malformed_reason", "_raw_line", "_raw_bytes")
 METADATA_COLUMNS = ("_ingestion_date", "_source_file", "_ingested_at", "_run_id")
 
-# RFC 4180 as the deliveries write it: quotes doubled inside quoted fields. An empty field stays
-# an empty string (bronze keeps what was delivered); only fields that are absent become null.
+# RFC 4180 as the deliveries write it: quotes doubled inside quoted fields.
 CSV_OPTIONS = {
     "mode": "PERMISSIVE",
     "columnNameOfCorruptRecord": CORRUPT,
     "quote": '"',
     "escape": '"',
-    "nullValue": "\u0000",
-    "emptyValue": "",
 }
 
 # A comma that is not inside a quoted field: used only to count the fields of a malformed line.
@@ -64,8 +61,16 @@ def parse_lines(lines: DataFrame, source: Source) -> DataFrame:
         "_source_file",
     )
     reason = _malformed_reason(source, F.col("_valid_utf8"), F.col("_text"), F.col(f"_parsed.{CORRUPT}"))
+    # The CSV parser reads an empty field as null. In a well-formed line every field is present, so
+    # bronze gives back the empty string that was delivered; nulls remain only for the fields a
+    # malformed line lacks.
     return parsed.select(
-        *[F.col(f"_parsed.`{column}`").alias(column) for column in source.columns],
+        *[
+            F.when(reason.isNull(), F.coalesce(F.col(f"_parsed.`{column}`"), F.lit("")))
+            .otherwise(F.col(f"_parsed.`{column}`"))
+            .alias(column)
+            for column in source.columns
+        ],
         reason.isNotNull().alias("_is_malformed"),
         reason.alias("_malformed_reason"),
         F.when(reason.isNotNull(), F.col("_text")).alias("_raw_line"),
