@@ -1,7 +1,8 @@
 """
 ### lakehouse_daily
 
-One run per ingestion date (the run's logical date): each source's delivery in the landing zone,
+One run per ingestion date, the run's logical date: the daily run that starts after a day ends
+processes that day's deliveries. Each source's delivery in the landing zone,
 `$LAKEHOUSE_LANDING/<source>/<YYYY-MM-DD>/`, is loaded into its Delta bronze table by a Spark job.
 
 - **orders**: order lines in the UCI Online Retail layout -> `bronze/orders`
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import pendulum
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
-from airflow.sdk import TaskGroup, dag, task
+from airflow.sdk import CronDataIntervalTimetable, TaskGroup, dag, task
 
 from include.config import PROJECT_ROOT, delta_package, get_settings
 from include.sources import SOURCES
@@ -44,7 +45,8 @@ def find_delivery(source: str, ds: str | None = None) -> str:
 
 @dag(
     dag_id="lakehouse_daily",
-    schedule="@daily",
+    # Daily data intervals: the run for day D starts when D is over, with logical date D.
+    schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
     start_date=pendulum.datetime(2010, 12, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,

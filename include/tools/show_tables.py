@@ -28,6 +28,18 @@ def delta_tables(warehouse: Path) -> list[Path]:
     )
 
 
+def query(table_path: Path | str, sql: str):
+    """Run `sql` over the Delta table registered as `t`, with deltalake's own engine; a pyarrow Table.
+
+    deltalake's query engine, not `to_pyarrow_table()`: the pyarrow scan can abort the interpreter
+    at exit (delta-io/delta-rs#2184).
+    """
+    import pyarrow as pa
+    from deltalake import DeltaTable, QueryBuilder
+
+    return pa.table(QueryBuilder().register("t", DeltaTable(str(table_path))).execute(sql).read_all())
+
+
 def rows_per_date(table_path: Path) -> tuple[int, Counter]:
     """Delta version and rows per ingestion date of one table."""
     from deltalake import DeltaTable
@@ -36,9 +48,10 @@ def rows_per_date(table_path: Path) -> tuple[int, Counter]:
     names = {field.name for field in table.schema().fields}
     column = next((name for name in DATE_COLUMNS if name in names), None)
     if column is None:
-        return table.version(), Counter({None: table.to_pyarrow_dataset().count_rows()})
-    values = table.to_pyarrow_table(columns=[column]).column(column).to_pylist()
-    return table.version(), Counter(values)
+        counts = query(table_path, "SELECT NULL AS d, count(*) AS n FROM t").to_pylist()
+    else:
+        counts = query(table_path, f'SELECT "{column}" AS d, count(*) AS n FROM t GROUP BY 1').to_pylist()
+    return table.version(), Counter({row["d"]: row["n"] for row in counts})
 
 
 def main(argv: list[str] | None = None) -> int:
