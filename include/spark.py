@@ -3,7 +3,7 @@
 Where a session already exists (Databricks, a notebook, a test session) it is used as is. Under
 spark-submit the JVM is already up, with the master and the Delta package given on the command
 line, so only the SQL settings are applied. Run directly with `python`, the session is local and the
-Delta jars are resolved from Maven Central on first use, then cached under ~/.ivy2.
+Delta jars are resolved from Maven Central on first use, then cached under ~/.ivy2.5.2.
 """
 
 from __future__ import annotations

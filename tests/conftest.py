@@ -13,7 +13,7 @@ from include.config import PROJECT_ROOT, SAMPLE_ORDERS_DIR, Settings
 
 # Airflow reads its configuration on import: keep it off the user's home and without examples.
 _AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="lakehouse-test-airflow-"))
-os.environ.setdefault("AIRFLOW_HOME", str(_AIRFLOW_HOME))
+os.environ["AIRFLOW_HOME"] = str(_AIRFLOW_HOME)
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(PROJECT_ROOT / "dags")
 os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(PROJECT_ROOT / "plugins")
