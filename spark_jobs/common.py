@@ -39,12 +39,14 @@ def configure_logging() -> None:
     logging.getLogger("py4j").setLevel(logging.WARNING)
 
 
-def replace_partition(frame, path: str, predicate: str, partition_by: list[str]) -> None:
-    """Replace the rows matching `predicate` with `frame` in one Delta commit (creating the table)."""
-    (
-        frame.write.format("delta")
-        .mode("overwrite")
-        .option("replaceWhere", predicate)
-        .partitionBy(*partition_by)
-        .save(path)
-    )
+def replace_partition(
+    frame, path: str, predicate: str, partition_by: list[str], table_properties: dict[str, str] | None = None
+) -> None:
+    """Replace the rows matching `predicate` with `frame` in one Delta commit.
+
+    `table_properties` (`delta.*` keys) are set when the write creates the table.
+    """
+    writer = frame.write.format("delta").mode("overwrite").option("replaceWhere", predicate)
+    for key, value in (table_properties or {}).items():
+        writer = writer.option(key, value)
+    writer.partitionBy(*partition_by).save(path)
