@@ -16,7 +16,8 @@ from datetime import date, datetime, timezone
 from functools import reduce
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a file by spark-submit or Databricks: put the project on the path
+# Run as a file (spark-submit, a Databricks spark_python_task), the project root is not on the path.
+if __package__ in (None, "") and "__file__" in globals():
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from include.config import INGESTED_FILES_TABLE, Settings, get_settings
