@@ -87,6 +87,8 @@ def run_bronze(spark, settings: Settings, source: Source, ingestion_date: date, 
     metrics = observation.get
     written = time.monotonic()
 
+    # The count comes from the write itself (no second pass over the data), so a mismatch is found
+    # after the commit; it fails the task, and the next run of the date replaces what was written.
     if metrics["rows"] != expected_rows:
         raise AccountingError(
             f"bronze {source.name} {ingestion_date}: wrote {metrics['rows']:,} rows but the delivery holds "

@@ -158,3 +158,15 @@ def test_file_names_that_look_like_globs_are_read_literally(spark, lakehouse):
     deliver(lakehouse, "orders", "2010-12-01", "export[1].csv", f"{ORDERS_HEADER}\n{LINE}\n")
     deliver(lakehouse, "orders", "2010-12-01", "export1.csv", f"{ORDERS_HEADER}\n{LINE}\n{LINE}\n")
     assert run_bronze(spark, lakehouse, ORDERS, DAY, "run-1").rows == 3
+
+
+def test_rows_that_do_not_match_the_delivered_lines_fail_the_job(spark, lakehouse, monkeypatch):
+    import dataclasses
+
+    import spark_jobs.bronze as job
+
+    deliver(lakehouse, "orders", "2010-12-01", "day.csv", f"{ORDERS_HEADER}\n{LINE}\n{QUOTED}\n")
+    real_inspect = job.inspect_file
+    monkeypatch.setattr(job, "inspect_file", lambda *args: dataclasses.replace(real_inspect(*args), data_lines=3))
+    with pytest.raises(job.AccountingError, match="wrote 2 rows but the delivery holds 3 data lines"):
+        run_bronze(spark, lakehouse, ORDERS, DAY, "run-1")
