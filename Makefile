@@ -36,11 +36,12 @@ help:
 	@echo "make clean                   remove data/, .airflow/ and .venv/"
 
 setup: $(SETUP_STAMP)
+	@bash include/check-prerequisites.sh "$(BIN)/python"
 	@# The project root on the venv's path: DAGs, jobs, tools and tests import include/ and spark_jobs/.
 	@echo "$(CURDIR)" > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/lakehouse.pth"
 
 $(SETUP_STAMP): requirements.txt
-	@bash .ci/check-prerequisites "$(PYTHON)"
+	@bash include/check-prerequisites.sh "$(PYTHON)"
 	@started=$$(date +%s); \
 	if [ ! -x "$(BIN)/python" ]; then $(PYTHON) -m venv "$(VENV)"; fi && \
 	$(BIN)/python -m pip install --quiet --upgrade pip uv && \
