@@ -9,7 +9,16 @@ import pytest
 from pyspark.sql import functions as F
 
 from include.sources import EVENTS, ORDERS
-from spark_jobs.transforms.silver import classify_events, classify_orders, silver_events, silver_orders
+from spark_jobs.transforms.silver import (
+    EVENTS_COLUMNS,
+    EVENTS_RULES,
+    ORDERS_COLUMNS,
+    ORDERS_RULES,
+    classify_events,
+    classify_orders,
+    silver_events,
+    silver_orders,
+)
 
 DAY = date(2010, 12, 1)
 GOOD_ORDER = ("536365", "85123A", "WHITE HANGING HEART T-LIGHT HOLDER", "6", "2010-12-01 08:26:00", "2.55",
@@ -102,6 +111,11 @@ def classified(spark, source, classify, cases):
     return [(row._rule, row._reason) for row in ordered]
 
 
+def test_cases_use_only_the_documented_rules():
+    assert {rule for _, rule, _ in ORDER_CASES} - {None} <= set(ORDERS_RULES)
+    assert {rule for _, rule, _ in EVENT_CASES} - {None} <= set(EVENTS_RULES)
+
+
 @pytest.fixture(scope="module")
 def order_results(spark):
     return classified(spark, ORDERS, classify_orders, ORDER_CASES)
@@ -126,7 +140,9 @@ def test_a_line_malformed_in_bronze_keeps_its_reason(spark):
 def test_silver_orders_types_and_derived_columns(spark):
     rows = [order(Description="HAND WARMER, UNION JACK", UnitPrice="0.001", Quantity="12"),
             order(InvoiceNo="C536379", Quantity="-2", CustomerID="", InvoiceDate="2010-12-05 23:59:59")]
-    got = silver_orders(classify_orders(bronze(spark, ORDERS, rows))).collect()
+    frame = silver_orders(classify_orders(bronze(spark, ORDERS, rows)))
+    assert tuple(frame.columns) == ORDERS_COLUMNS
+    got = frame.collect()
     assert [row.asDict() for row in got] == [
         {"invoice_no": "536365", "stock_code": "85123A", "description": "HAND WARMER, UNION JACK", "quantity": 12,
          "unit_price": Decimal("0.001"), "line_total": Decimal("0.012"), "invoice_ts": datetime(2010, 12, 1, 8, 26),
@@ -148,7 +164,9 @@ def test_events_rules(event_results, case):
 
 
 def test_silver_events_types(spark):
-    [got] = silver_events(classify_events(bronze(spark, EVENTS, [event(brand="")]))).collect()
+    frame = silver_events(classify_events(bronze(spark, EVENTS, [event(brand="")])))
+    assert tuple(frame.columns) == EVENTS_COLUMNS
+    [got] = frame.collect()
     assert got.asDict() == {
         "event_ts": datetime(2019, 10, 1, 0, 0, 4), "event_date": date(2019, 10, 1), "event_type": "view",
         "product_id": 1004237, "category_id": 2053013555631882655, "category_code": "electronics.smartphone",
