@@ -186,3 +186,54 @@ def silver_events(rows: DataFrame) -> DataFrame:
         _iso_day_of_week(event_ts).alias("day_of_week"),
         "_ingestion_date",
     )
+
+
+def classify(source_name_or_source, bronze: DataFrame) -> DataFrame:
+    """classify_orders or classify_events, by source."""
+    name = getattr(source_name_or_source, "name", source_name_or_source)
+    return {"orders": classify_orders, "events": classify_events}[name](bronze)
+
+
+def fingerprint(source, rows: DataFrame) -> DataFrame:
+    """Add `_fingerprint`: a hash of the source fields, equal exactly when every field is equal."""
+    fields = [F.coalesce(F.col(f"`{column}`"), F.lit("\u0000")) for column in source.columns]
+    return rows.withColumn("_fingerprint", F.sha2(F.concat_ws("\u0001", *fields), 256))
+
+
+def split_duplicates(source, rows: DataFrame, earlier_index: DataFrame, run_id: str) -> tuple[DataFrame, DataFrame]:
+    """(silver rows, quarantine rows) of one date.
+
+    `rows` are classified and fingerprinted bronze rows of the date; `earlier_index` the fingerprints of
+    passing rows of earlier dates. A passing row is a duplicate when an earlier date holds the same
+    fields, or when it is a second copy within the date.
+    """
+    from pyspark.sql import Window
+
+    owners = earlier_index.groupBy("fingerprint").agg(F.min("_ingestion_date").alias("_kept_on"))
+    passing = rows.where(F.col("_rule").isNull())
+    copies = Window.partitionBy("_fingerprint").orderBy("_source_file")
+    marked = (passing.join(owners, passing["_fingerprint"] == owners["fingerprint"], "left")
+              .withColumn("_copy", F.row_number().over(copies)))
+    duplicate = F.col("_kept_on").isNotNull() | (F.col("_copy") > 1)
+    reason = (F.when(F.col("_kept_on").isNotNull(),
+                     F.concat(F.lit("identical to a row kept from ingestion date "), F.col("_kept_on").cast("string")))
+              .otherwise(F.lit("identical to another row of the same ingestion date")))
+    kept = marked.where(~duplicate)
+    repeated = marked.where(duplicate).withColumn("_rule", F.lit("duplicate")).withColumn("_reason", reason)
+    rejected = rows.where(F.col("_rule").isNotNull()).unionByName(
+        repeated.drop("fingerprint", "_kept_on", "_copy"))
+    silver = silver_orders(kept) if source.name == "orders" else silver_events(kept)
+    return silver, quarantine(source, rejected, run_id)
+
+
+def quarantine(source, rejected: DataFrame, run_id: str) -> DataFrame:
+    """One quarantine row per rejected bronze row, with the raw row as delivered (or as parsed, as CSV)."""
+    fields = F.struct(*[F.col(f"`{column}`") for column in source.columns])
+    return rejected.select(
+        F.lit(source.name).alias("source"),
+        F.col("_rule").alias("rule"),
+        F.col("_reason").alias("reason"),
+        F.coalesce(F.col("_raw_line"), F.to_csv(fields, {"quote": '"', "escape": '"'})).alias("record"),
+        "_ingestion_date",
+        F.lit(run_id).alias("_run_id"),
+    )

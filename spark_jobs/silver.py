@@ -1,0 +1,132 @@
+"""Silver job: one source's bronze rows for one ingestion date -> typed silver rows or quarantine.
+
+    spark-submit spark_jobs/silver.py --source orders --ingestion-date 2010-12-01
+
+Every bronze row of the date ends in exactly one of `silver/<source>` and `silver/quarantine`, checked
+before the job ends. The duplicate rule keeps the copy of the earliest ingestion date, whatever order
+the dates are processed in: `silver/fingerprints` records which passing rows each date holds, and a
+date processed after later ones also rewrites the later dates that share rows with it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+# Run as a file (spark-submit, a Databricks spark_python_task), the project root is not on the path.
+if __package__ in (None, "") and "__file__" in globals():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from include.config import Settings, get_settings
+from include.sources import Source, get_source
+from spark_jobs.common import configure_logging, job_arguments, replace_partition
+
+log = logging.getLogger("lakehouse.silver")
+
+
+class AccountingError(RuntimeError):
+    """Silver and quarantine rows of a date do not add up to its bronze rows."""
+
+
+@dataclass(frozen=True)
+class SilverResult:
+    source: str
+    dates: tuple[date, ...]  # the ingestion date and the later dates it rewrote
+    silver_rows: int
+    quarantined_rows: int
+    seconds: float
+
+
+def run_silver(spark, settings: Settings, source: Source, ingestion_date: date, run_id: str) -> SilverResult:
+    from delta.tables import DeltaTable
+    from pyspark.sql import functions as F
+
+    from spark_jobs.transforms.silver import classify, fingerprint, split_duplicates
+
+    started = time.monotonic()
+    bronze_path = settings.table_path("bronze", source.name)
+    if not DeltaTable.isDeltaTable(spark, bronze_path):
+        raise RuntimeError(f"{bronze_path} is not a Delta table: run the bronze job for {source.name} first")
+    bronze = spark.read.format("delta").load(bronze_path)
+    index_path = settings.table_path("silver", "fingerprints")
+
+    # 1. The passing rows of this date, fingerprinted, replace the date's entries in the index.
+    day = classify(source, bronze.where(F.col("_ingestion_date") == F.lit(ingestion_date)))
+    day = fingerprint(source, day).cache()
+    entries = (day.where(F.col("_rule").isNull())
+               .groupBy("_fingerprint").count()
+               .select(F.lit(source.name).alias("source"), F.col("_fingerprint").alias("fingerprint"),
+                       F.col("count").alias("copies"), F.lit(ingestion_date).alias("_ingestion_date")))
+
+    # 2. Later dates that hold any row this date holds now, or held before, must be decided again.
+    later = []
+    if DeltaTable.isDeltaTable(spark, index_path):
+        index = spark.read.format("delta").load(index_path).where(F.col("source") == source.name)
+        on_date = index.where(F.col("_ingestion_date") == F.lit(ingestion_date)).select("fingerprint")
+        touched = entries.select("fingerprint").union(on_date)
+        later = sorted(row._ingestion_date for row in (
+            index.where(F.col("_ingestion_date") > F.lit(ingestion_date))
+            .join(touched, "fingerprint", "left_semi").select("_ingestion_date").distinct().collect()))
+    replace_partition(entries, index_path,
+                      f"source = '{source.name}' AND _ingestion_date = '{ingestion_date.isoformat()}'",
+                      ["source"])
+    index = spark.read.format("delta").load(index_path).where(F.col("source") == source.name)
+    dates = (ingestion_date, *later)
+
+    # 3. Decide each of those dates from its bronze rows and the index of earlier dates.
+    silver_rows = quarantined = 0
+    for current in dates:
+        rows = day if current == ingestion_date else fingerprint(
+            source, classify(source, bronze.where(F.col("_ingestion_date") == F.lit(current))))
+        earlier = index.where(F.col("_ingestion_date") < F.lit(current))
+        kept, rejected = split_duplicates(source, rows, earlier, run_id)
+        replace_partition(kept, settings.table_path("silver", source.name),
+                          f"_ingestion_date = '{current.isoformat()}'", ["_ingestion_date"])
+        replace_partition(rejected, settings.table_path("silver", "quarantine"),
+                          f"source = '{source.name}' AND _ingestion_date = '{current.isoformat()}'",
+                          ["source", "_ingestion_date"])
+        counts = _account(spark, settings, source, current, bronze)
+        if current == ingestion_date:
+            silver_rows, quarantined = counts
+    day.unpersist()
+    result = SilverResult(source.name, dates, silver_rows, quarantined, time.monotonic() - started)
+    log.info("silver %s %s: %s rows kept, %s quarantined in %.1f s%s", source.name, ingestion_date,
+             f"{silver_rows:,}", f"{quarantined:,}", result.seconds,
+             f"; later dates decided again: {', '.join(map(str, later))}" if later else "")
+    return result
+
+
+def _account(spark, settings, source, current, bronze) -> tuple[int, int]:
+    """Bronze rows of the date = silver rows + quarantined rows, or the job fails with the numbers."""
+    from pyspark.sql import functions as F
+
+    on_date = F.col("_ingestion_date") == F.lit(current)
+    bronze_rows = bronze.where(on_date).count()
+    silver_rows = spark.read.format("delta").load(settings.table_path("silver", source.name)).where(on_date).count()
+    quarantine = spark.read.format("delta").load(settings.table_path("silver", "quarantine"))
+    quarantined = quarantine.where(on_date & (F.col("source") == source.name)).count()
+    if bronze_rows != silver_rows + quarantined:
+        raise AccountingError(
+            f"silver {source.name} {current}: bronze holds {bronze_rows:,} rows but silver {silver_rows:,} and "
+            f"quarantine {quarantined:,} ({silver_rows + quarantined:,})"
+        )
+    return silver_rows, quarantined
+
+
+def main(argv: list[str] | None = None) -> None:
+    from include.spark import get_spark
+
+    configure_logging()
+    args = job_arguments("Clean one source's bronze rows for one ingestion date into silver.", argv)
+    settings = get_settings()
+    source = get_source(args.source)
+    spark = get_spark(f"silver-{source.name}-{args.ingestion_date}", settings)
+    run_silver(spark, settings, source, args.ingestion_date, args.run_id)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""The silver job over several dates: duplicates keep the earliest date's copy in any processing order."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import date
+
+from include.sources import ORDERS
+from spark_jobs.bronze import run_bronze
+from spark_jobs.silver import run_silver
+from tests.helpers import ORDERS_HEADER, deliver
+
+A = "536365,85123A,WHITE HANGING HEART T-LIGHT HOLDER,6,2010-12-01 08:26:00,2.55,17850.0,United Kingdom"
+B = '536366,22633,"HAND WARMER, UNION JACK",6,2010-12-01 08:28:00,1.85,,United Kingdom'
+C = "C536379,D,Discount,-1,2010-12-01 09:41:00,27.50,14527.0,United Kingdom"
+BAD_PRICE = "A563185,B,Adjust bad debt,1,2010-12-01 14:50:00,-11062.06,,United Kingdom"
+DAYS = {
+    date(2010, 12, 1): [A, B, A, BAD_PRICE],       # A twice in one delivery
+    date(2010, 12, 2): [B, C, "x,y"],              # B again, a day later; a malformed line
+    date(2010, 12, 3): [A, C, "536367,84879,BIRD,0,2010-12-01 08:34:00,1.69,13047.0,United Kingdom"],
+}
+
+
+def tables(spark, settings):
+    def rows(table, drop=()):
+        frame = spark.read.format("delta").load(settings.table_path("silver", table))
+        return sorted(tuple(row) for row in frame.drop(*drop).collect())
+    return rows("orders"), rows("quarantine", ("_run_id",))
+
+
+def build(spark, settings, order):
+    shutil.rmtree(settings.warehouse / "silver", ignore_errors=True)
+    for day in order:
+        run_silver(spark, settings, ORDERS, day, f"run-{day}")
+    return tables(spark, settings)
+
+
+def test_in_order_reverse_order_and_reruns_give_the_same_tables(spark, lakehouse):
+    for day, lines in DAYS.items():
+        deliver(lakehouse, "orders", day.isoformat(), "day.csv", "\n".join([ORDERS_HEADER, *lines]) + "\n")
+        run_bronze(spark, lakehouse, ORDERS, day, "bronze")
+    days = sorted(DAYS)
+    in_order = build(spark, lakehouse, days)
+    silver, quarantine = in_order
+    assert len(silver) == 3, "A and B kept on 12-01, C on 12-02"
+    rules = sorted((row[0], row[1], row[4]) for row in quarantine)
+    assert rules == [
+        ("orders", "duplicate", date(2010, 12, 1)),
+        ("orders", "duplicate", date(2010, 12, 2)),
+        ("orders", "duplicate", date(2010, 12, 3)),
+        ("orders", "duplicate", date(2010, 12, 3)),
+        ("orders", "invalid_quantity", date(2010, 12, 3)),
+        ("orders", "malformed", date(2010, 12, 2)),
+        ("orders", "non_positive_price", date(2010, 12, 1)),
+    ]
+    reasons = {row[2] for row in quarantine if row[1] == "duplicate"}
+    assert reasons == {"identical to another row of the same ingestion date",
+                       "identical to a row kept from ingestion date 2010-12-01",
+                       "identical to a row kept from ingestion date 2010-12-02"}
+    assert build(spark, lakehouse, list(reversed(days))) == in_order
+    assert build(spark, lakehouse, [days[1], days[2], days[0], days[0]]) == in_order, "out of order, with a rerun"
