@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from datetime import date
-from pathlib import Path
-
 import pytest
 
 from include.config import PROJECT_ROOT, Settings
@@ -61,4 +59,3 @@ def test_unknown_layer_is_refused():
 def test_landing_date_must_be_a_real_date():
     with pytest.raises(ValueError):
         Settings.from_env({}).landing_dir("orders", "2010-13-01")
-    assert isinstance(Settings.from_env({}).landing, Path)

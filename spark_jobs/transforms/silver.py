@@ -188,10 +188,14 @@ def silver_events(rows: DataFrame) -> DataFrame:
     )
 
 
-def classify(source_name_or_source, bronze: DataFrame) -> DataFrame:
-    """classify_orders or classify_events, by source."""
-    name = getattr(source_name_or_source, "name", source_name_or_source)
-    return {"orders": classify_orders, "events": classify_events}[name](bronze)
+def classify(source, bronze: DataFrame) -> DataFrame:
+    """The source's rules 1-4 on its bronze rows: `_rule` and `_reason` added."""
+    return _TRANSFORMS[source.name][0](bronze)
+
+
+def to_silver(source, rows: DataFrame) -> DataFrame:
+    """The source's typed silver columns of rows that passed every rule."""
+    return _TRANSFORMS[source.name][1](rows)
 
 
 def fingerprint(source, rows: DataFrame) -> DataFrame:
@@ -222,8 +226,7 @@ def split_duplicates(source, rows: DataFrame, earlier_index: DataFrame, run_id: 
     repeated = marked.where(duplicate).withColumn("_rule", F.lit("duplicate")).withColumn("_reason", reason)
     rejected = rows.where(F.col("_rule").isNotNull()).unionByName(
         repeated.drop("fingerprint", "_kept_on", "_copy"))
-    silver = silver_orders(kept) if source.name == "orders" else silver_events(kept)
-    return silver, quarantine(source, rejected, run_id)
+    return to_silver(source, kept), quarantine(source, rejected, run_id)
 
 
 def quarantine(source, rejected: DataFrame, run_id: str) -> DataFrame:
@@ -237,3 +240,6 @@ def quarantine(source, rejected: DataFrame, run_id: str) -> DataFrame:
         "_ingestion_date",
         F.lit(run_id).alias("_run_id"),
     )
+
+
+_TRANSFORMS = {"orders": (classify_orders, silver_orders), "events": (classify_events, silver_events)}
