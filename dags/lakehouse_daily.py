@@ -3,10 +3,15 @@
 
 One run per ingestion date, the run's logical date: the daily run that starts after a day ends
 processes that day's deliveries. Each source's delivery in the landing zone,
-`$LAKEHOUSE_LANDING/<source>/<YYYY-MM-DD>/`, is loaded into its Delta bronze table by a Spark job.
+`$LAKEHOUSE_LANDING/<source>/<YYYY-MM-DD>/`, goes through one Spark job per layer:
 
-- **orders**: order lines in the UCI Online Retail layout -> `bronze/orders`
-- **events**: clickstream events in the Kaggle/REES46 layout -> `bronze/events`
+- **bronze**: every delivered line as one row, raw, with the file it came from.
+- **silver**: typed, clean rows; every rejected row in `silver/quarantine` with the rule it broke.
+  For orders, also the customer and product history (`silver/dim_customer`, `silver/dim_product`).
+
+Sources:
+- **orders**: order lines in the UCI Online Retail layout -> `bronze/orders` -> `silver/orders`
+- **events**: clickstream events in the Kaggle/REES46 layout -> `bronze/events` -> `silver/events`
 
 A source with no folder for the date delivered nothing: its tasks are skipped (the log says which
 folder was looked for) and the other source goes on. Each job replaces its date atomically, so
@@ -23,7 +28,7 @@ from include.config import PROJECT_ROOT, delta_package, get_settings
 from include.sources import SOURCES
 
 SETTINGS = get_settings()
-BRONZE_JOB = PROJECT_ROOT / "spark_jobs" / "bronze.py"
+JOBS = PROJECT_ROOT / "spark_jobs"
 # The driver's heap is a spark-submit option; the rest of the Spark settings travel as --conf.
 SPARK_CONF = {key: value for key, value in SETTINGS.spark_conf().items() if key != "spark.driver.memory"}
 
@@ -51,27 +56,27 @@ def find_delivery(source: str, ds: str | None = None) -> str:
     catchup=False,
     max_active_runs=1,
     default_args={"retries": 0},
-    tags=["lakehouse", "bronze"],
+    tags=["lakehouse", "bronze", "silver"],
     doc_md=__doc__,
 )
 def lakehouse_daily():
     for source in SOURCES.values():
         with TaskGroup(group_id=source.name, tooltip=source.description):
-            bronze = SparkSubmitOperator(
-                task_id="bronze",
-                conn_id=SETTINGS.spark_conn_id,
-                application=str(BRONZE_JOB),
-                application_args=[
-                    "--source", source.name,
-                    "--ingestion-date", "{{ ds }}",
-                    "--run-id", "{{ run_id }}",
-                ],
-                name=f"bronze-{source.name}-{{{{ ds }}}}",
-                packages=delta_package(),
-                conf=SPARK_CONF,
-                driver_memory=SETTINGS.driver_memory,
-            )
-            find_delivery(source.name) >> bronze
+            find_delivery(source.name) >> layer_job("bronze", source.name) >> layer_job("silver", source.name)
+
+
+def layer_job(layer: str, source: str) -> SparkSubmitOperator:
+    """The layer's Spark job for one source and the run's ingestion date."""
+    return SparkSubmitOperator(
+        task_id=layer,
+        conn_id=SETTINGS.spark_conn_id,
+        application=str(JOBS / f"{layer}.py"),
+        application_args=["--source", source, "--ingestion-date", "{{ ds }}", "--run-id", "{{ run_id }}"],
+        name=f"{layer}-{source}-{{{{ ds }}}}",
+        packages=delta_package(),
+        conf=SPARK_CONF,
+        driver_memory=SETTINGS.driver_memory,
+    )
 
 
 lakehouse_daily()

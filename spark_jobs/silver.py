@@ -5,7 +5,9 @@
 Every bronze row of the date ends in exactly one of `silver/<source>` and `silver/quarantine`, checked
 before the job ends. The duplicate rule keeps the copy of the earliest ingestion date, whatever order
 the dates are processed in: `silver/fingerprints` records which passing rows each date holds, and a
-date processed after later ones also rewrites the later dates that share rows with it.
+date processed after later ones also rewrites the later dates that share rows with it. For orders,
+the job then rebuilds the type 2 history of customers and products (`silver/dim_customer`,
+`silver/dim_product`) from silver orders as they stand.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ if __package__ in (None, "") and "__file__" in globals():
 from include.config import Settings, get_settings
 from include.sources import Source, get_source
 from spark_jobs.common import configure_logging, job_arguments, replace_partition
+from spark_jobs.transforms.dimensions import DIMENSIONS
 
 log = logging.getLogger("lakehouse.silver")
 
@@ -43,6 +46,7 @@ class SilverResult:
 
 def run_silver(spark, settings: Settings, source: Source, ingestion_date: date, run_id: str) -> SilverResult:
     from delta.tables import DeltaTable
+    from pyspark.sql import Observation
     from pyspark.sql import functions as F
 
     from spark_jobs.transforms.silver import classify, fingerprint, split_duplicates
@@ -77,22 +81,33 @@ def run_silver(spark, settings: Settings, source: Source, ingestion_date: date, 
     index = spark.read.format("delta").load(index_path).where(F.col("source") == source.name)
     dates = (ingestion_date, *later)
 
-    # 3. Decide each of those dates from its bronze rows and the index of earlier dates.
-    silver_rows = quarantined = 0
+    # 3. Decide those dates together from their bronze rows and the index, in one write per table.
+    rows = day
+    if later:
+        rows = day.unionByName(fingerprint(source, classify(source, bronze.where(F.col("_ingestion_date").isin(*later)))))
+    bronze_rows = dict(rows.groupBy("_ingestion_date").count().collect())
+    kept, rejected = split_duplicates(source, rows, index, run_id)
+    # The silver and quarantine counts come from the writes themselves: no extra pass over the tables.
+    kept_counts, rejected_counts = Observation(), Observation()
+    per_date = [F.count_if(F.col("_ingestion_date") == F.lit(current)).alias(current.isoformat()) for current in dates]
+    on_dates = f"_ingestion_date IN ({', '.join(repr(current.isoformat()) for current in dates)})"
+    replace_partition(kept.observe(kept_counts, *per_date), settings.table_path("silver", source.name),
+                      on_dates, ["_ingestion_date"])
+    replace_partition(rejected.observe(rejected_counts, *per_date), settings.table_path("silver", "quarantine"),
+                      f"source = '{source.name}' AND {on_dates}", ["source", "_ingestion_date"])
     for current in dates:
-        rows = day if current == ingestion_date else fingerprint(
-            source, classify(source, bronze.where(F.col("_ingestion_date") == F.lit(current))))
-        earlier = index.where(F.col("_ingestion_date") < F.lit(current))
-        kept, rejected = split_duplicates(source, rows, earlier, run_id)
-        replace_partition(kept, settings.table_path("silver", source.name),
-                          f"_ingestion_date = '{current.isoformat()}'", ["_ingestion_date"])
-        replace_partition(rejected, settings.table_path("silver", "quarantine"),
-                          f"source = '{source.name}' AND _ingestion_date = '{current.isoformat()}'",
-                          ["source", "_ingestion_date"])
-        counts = _account(spark, settings, source, current, bronze)
-        if current == ingestion_date:
-            silver_rows, quarantined = counts
+        _account(source, current, bronze_rows.get(current, 0), kept_counts.get[current.isoformat()],
+                 rejected_counts.get[current.isoformat()])
+    silver_rows, quarantined = kept_counts.get[ingestion_date.isoformat()], rejected_counts.get[ingestion_date.isoformat()]
     day.unpersist()
+
+    # 4. The dimensions' history, rebuilt from all silver orders (a few thousand keys): whatever the
+    # order dates arrive in, it is the history of the silver rows as they stand.
+    if source.name == "orders":
+        orders = spark.read.format("delta").load(settings.table_path("silver", "orders"))
+        for dimension in DIMENSIONS:
+            dimension.versions(orders).write.format("delta").mode("overwrite").save(
+                settings.table_path("silver", dimension.table))
     result = SilverResult(source.name, dates, silver_rows, quarantined, time.monotonic() - started)
     log.info("silver %s %s: %s rows kept, %s quarantined in %.1f s%s", source.name, ingestion_date,
              f"{silver_rows:,}", f"{quarantined:,}", result.seconds,
@@ -100,21 +115,13 @@ def run_silver(spark, settings: Settings, source: Source, ingestion_date: date, 
     return result
 
 
-def _account(spark, settings, source, current, bronze) -> tuple[int, int]:
+def _account(source: Source, current: date, bronze_rows: int, silver_rows: int, quarantined: int) -> None:
     """Bronze rows of the date = silver rows + quarantined rows, or the job fails with the numbers."""
-    from pyspark.sql import functions as F
-
-    on_date = F.col("_ingestion_date") == F.lit(current)
-    bronze_rows = bronze.where(on_date).count()
-    silver_rows = spark.read.format("delta").load(settings.table_path("silver", source.name)).where(on_date).count()
-    quarantine = spark.read.format("delta").load(settings.table_path("silver", "quarantine"))
-    quarantined = quarantine.where(on_date & (F.col("source") == source.name)).count()
     if bronze_rows != silver_rows + quarantined:
         raise AccountingError(
             f"silver {source.name} {current}: bronze holds {bronze_rows:,} rows but silver {silver_rows:,} and "
             f"quarantine {quarantined:,} ({silver_rows + quarantined:,})"
         )
-    return silver_rows, quarantined
 
 
 def main(argv: list[str] | None = None) -> None:

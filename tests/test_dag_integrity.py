@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from include.config import PROJECT_ROOT
@@ -27,26 +29,29 @@ def test_every_dag_has_tags_docs_and_retries_set(dagbag):
         assert "retries" in dag.default_args, f"{dag_id} does not set retries"
 
 
-def test_lakehouse_daily_runs_one_bronze_job_per_source(dagbag):
+def test_lakehouse_daily_runs_bronze_then_silver_per_source(dagbag):
     from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
-
-    dag = dagbag.dags["lakehouse_daily"]
     from airflow.sdk import CronDataIntervalTimetable
 
+    dag = dagbag.dags["lakehouse_daily"]
     assert isinstance(dag.timetable, CronDataIntervalTimetable)
     assert (dag.timetable.expression, str(dag.timetable.timezone)) == ("0 0 * * *", "UTC")
     assert dag.max_active_runs == 1
     for source in SOURCES:
         find = dag.get_task(f"{source}.find_delivery")
-        bronze = dag.get_task(f"{source}.bronze")
-        assert isinstance(bronze, SparkSubmitOperator)
-        assert bronze.upstream_task_ids == {find.task_id}
-        assert (PROJECT_ROOT / bronze.application).is_file()
-        args = bronze.application_args
-        assert args[args.index("--source") + 1] == source
-        assert args[args.index("--ingestion-date") + 1] == "{{ ds }}"
-        assert bronze.packages.startswith("io.delta:delta-spark_")
-        assert bronze.conf["spark.sql.extensions"] == "io.delta.sql.DeltaSparkSessionExtension"
+        upstream = find.task_id
+        for layer in ("bronze", "silver"):
+            job = dag.get_task(f"{source}.{layer}")
+            assert isinstance(job, SparkSubmitOperator)
+            assert job.upstream_task_ids == {upstream}
+            assert Path(job.application) == PROJECT_ROOT / "spark_jobs" / f"{layer}.py"
+            assert Path(job.application).is_file()
+            args = job.application_args
+            assert args[args.index("--source") + 1] == source
+            assert args[args.index("--ingestion-date") + 1] == "{{ ds }}"
+            assert job.packages.startswith("io.delta:delta-spark_")
+            assert job.conf["spark.sql.extensions"] == "io.delta.sql.DeltaSparkSessionExtension"
+            upstream = job.task_id
 
 
 def test_a_missing_delivery_skips_the_source(tmp_path, monkeypatch):

@@ -1,9 +1,11 @@
-"""The silver job over several dates: duplicates keep the earliest date's copy in any processing order."""
+"""The silver job over several dates: duplicates keep the earliest date's copy and the dimensions' history
+comes out the same in any processing order and after reruns."""
 
 from __future__ import annotations
 
 import shutil
-from datetime import date
+from datetime import date, datetime
+from decimal import Decimal
 
 from include.sources import ORDERS
 from spark_jobs.bronze import run_bronze
@@ -12,11 +14,12 @@ from tests.helpers import ORDERS_HEADER, deliver
 
 A = "536365,85123A,WHITE HANGING HEART T-LIGHT HOLDER,6,2010-12-01 08:26:00,2.55,17850.0,United Kingdom"
 B = '536366,22633,"HAND WARMER, UNION JACK",6,2010-12-01 08:28:00,1.85,,United Kingdom'
+MOVED = "536400,85123A,CREAM HANGING HEART T-LIGHT HOLDER,2,2010-12-02 10:00:00,2.95,17850.0,France"
 C = "C536379,D,Discount,-1,2010-12-01 09:41:00,27.50,14527.0,United Kingdom"
 BAD_PRICE = "A563185,B,Adjust bad debt,1,2010-12-01 14:50:00,-11062.06,,United Kingdom"
 DAYS = {
     date(2010, 12, 1): [A, B, A, BAD_PRICE],       # A twice in one delivery
-    date(2010, 12, 2): [B, C, "x,y"],              # B again, a day later; a malformed line
+    date(2010, 12, 2): [B, C, "x,y", MOVED],       # B again, a day later; a malformed line; 17850 moves
     date(2010, 12, 3): [A, C, "536367,84879,BIRD,0,2010-12-01 08:34:00,1.69,13047.0,United Kingdom"],
 }
 
@@ -25,7 +28,7 @@ def tables(spark, settings):
     def rows(table, drop=()):
         frame = spark.read.format("delta").load(settings.table_path("silver", table))
         return sorted(tuple(row) for row in frame.drop(*drop).collect())
-    return rows("orders"), rows("quarantine", ("_run_id",))
+    return rows("orders"), rows("quarantine", ("_run_id",)), rows("dim_customer"), rows("dim_product")
 
 
 def build(spark, settings, order):
@@ -41,8 +44,8 @@ def test_in_order_reverse_order_and_reruns_give_the_same_tables(spark, lakehouse
         run_bronze(spark, lakehouse, ORDERS, day, "bronze")
     days = sorted(DAYS)
     in_order = build(spark, lakehouse, days)
-    silver, quarantine = in_order
-    assert len(silver) == 3, "A and B kept on 12-01, C on 12-02"
+    silver, quarantine, customers, products = in_order
+    assert len(silver) == 4, "A and B kept on 12-01, C and MOVED on 12-02"
     rules = sorted((row[0], row[1], row[4]) for row in quarantine)
     assert rules == [
         ("orders", "duplicate", date(2010, 12, 1)),
@@ -57,5 +60,18 @@ def test_in_order_reverse_order_and_reruns_give_the_same_tables(spark, lakehouse
     assert reasons == {"identical to another row of the same ingestion date",
                        "identical to a row kept from ingestion date 2010-12-01",
                        "identical to a row kept from ingestion date 2010-12-02"}
+    at = datetime.fromisoformat
+    assert customers == [
+        (14527, "United Kingdom", at("2010-12-01 09:41"), None, True, 1),
+        (17850, "France", at("2010-12-02 10:00"), None, True, 2),
+        (17850, "United Kingdom", at("2010-12-01 08:26"), at("2010-12-02 10:00"), False, 1),
+    ]
+    assert products == [
+        ("22633", "HAND WARMER, UNION JACK", Decimal("1.850"), at("2010-12-01 08:28"), None, True, 1),
+        ("85123A", "CREAM HANGING HEART T-LIGHT HOLDER", Decimal("2.950"), at("2010-12-02 10:00"), None, True, 2),
+        ("85123A", "WHITE HANGING HEART T-LIGHT HOLDER", Decimal("2.950"), at("2010-12-01 08:26"),
+         at("2010-12-02 10:00"), False, 1),
+        ("D", "Discount", Decimal("27.500"), at("2010-12-01 09:41"), None, True, 1),
+    ]
     assert build(spark, lakehouse, list(reversed(days))) == in_order
     assert build(spark, lakehouse, [days[1], days[2], days[0], days[0]]) == in_order, "out of order, with a rerun"

@@ -204,19 +204,20 @@ def fingerprint(source, rows: DataFrame) -> DataFrame:
     return rows.withColumn("_fingerprint", F.sha2(F.concat_ws("\u0001", *fields), 256))
 
 
-def split_duplicates(source, rows: DataFrame, earlier_index: DataFrame, run_id: str) -> tuple[DataFrame, DataFrame]:
-    """(silver rows, quarantine rows) of one date.
+def split_duplicates(source, rows: DataFrame, index: DataFrame, run_id: str) -> tuple[DataFrame, DataFrame]:
+    """(silver rows, quarantine rows) of one or more ingestion dates.
 
-    `rows` are classified and fingerprinted bronze rows of the date; `earlier_index` the fingerprints of
-    passing rows of earlier dates. A passing row is a duplicate when an earlier date holds the same
-    fields, or when it is a second copy within the date.
+    `rows` are classified and fingerprinted bronze rows; `index` the fingerprints of passing rows of every
+    date, these included. A passing row is a duplicate when an earlier date holds the same fields (the
+    earliest date keeps its copy), or when it is a second copy within its own date.
     """
     from pyspark.sql import Window
 
-    owners = earlier_index.groupBy("fingerprint").agg(F.min("_ingestion_date").alias("_kept_on"))
+    owners = index.groupBy("fingerprint").agg(F.min("_ingestion_date").alias("_first_on"))
     passing = rows.where(F.col("_rule").isNull())
-    copies = Window.partitionBy("_fingerprint").orderBy("_source_file")
+    copies = Window.partitionBy("_ingestion_date", "_fingerprint").orderBy("_source_file")
     marked = (passing.join(owners, passing["_fingerprint"] == owners["fingerprint"], "left")
+              .withColumn("_kept_on", F.when(F.col("_first_on") < F.col("_ingestion_date"), F.col("_first_on")))
               .withColumn("_copy", F.row_number().over(copies)))
     duplicate = F.col("_kept_on").isNotNull() | (F.col("_copy") > 1)
     reason = (F.when(F.col("_kept_on").isNotNull(),
@@ -225,7 +226,7 @@ def split_duplicates(source, rows: DataFrame, earlier_index: DataFrame, run_id: 
     kept = marked.where(~duplicate)
     repeated = marked.where(duplicate).withColumn("_rule", F.lit("duplicate")).withColumn("_reason", reason)
     rejected = rows.where(F.col("_rule").isNotNull()).unionByName(
-        repeated.drop("fingerprint", "_kept_on", "_copy"))
+        repeated.drop("fingerprint", "_first_on", "_kept_on", "_copy"))
     return to_silver(source, kept), quarantine(source, rejected, run_id)
 
 

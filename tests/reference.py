@@ -1,0 +1,132 @@
+"""The orders cleaning rules and dimensions written again in plain Python, to check the Spark jobs against.
+
+Independent of the jobs on purpose: it reads the delivered files with the csv module and applies
+ARCHITECTURE.md's rules line by line, in ingestion date order (which is how a reader of the rules
+would apply them, and what any processing order must come out as).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import re
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+COLUMNS = ("InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice", "CustomerID", "Country")
+INTEGER = re.compile(r"^[+-]?[0-9]+$")
+DECIMAL = re.compile(r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)$")
+WHOLE_NUMBER = re.compile(r"^[+-]?[0-9]+(\.0*)?$")
+THOUSANDTHS = Decimal("0.001")
+
+
+@dataclass
+class OrdersReference:
+    silver: list[tuple] = field(default_factory=list)  # (ingestion date, invoice_no, ..., is_cancellation)
+    rules: Counter = field(default_factory=Counter)  # (ingestion date, rule) -> rows
+
+    def silver_counts(self) -> dict[date, int]:
+        return dict(Counter(row[0] for row in self.silver))
+
+
+def read_lines(path: Path) -> list[str]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8", newline="") as handle:
+        return handle.read().splitlines()[1:]
+
+
+def rule_of(fields: list[str]) -> str | None:
+    if len(fields) != len(COLUMNS):
+        return "malformed"
+    row = dict(zip(COLUMNS, (value.strip() for value in fields)))
+    if not INTEGER.match(row["Quantity"]) or not DECIMAL.match(row["UnitPrice"]):
+        return "malformed"
+    try:
+        datetime.strptime(row["InvoiceDate"], "%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        return "malformed"
+    if row["CustomerID"] and not WHOLE_NUMBER.match(row["CustomerID"]):
+        return "malformed"
+    if not row["InvoiceNo"] or not row["StockCode"]:
+        return "missing_key"
+    if Decimal(row["UnitPrice"]) <= 0:
+        return "non_positive_price"
+    quantity, cancellation = int(row["Quantity"]), row["InvoiceNo"].startswith("C")
+    if quantity == 0 or (quantity < 0 and not cancellation) or (quantity > 0 and cancellation):
+        return "invalid_quantity"
+    return None
+
+
+def orders_reference(files_by_date: dict[date, list[Path]]) -> OrdersReference:
+    reference, kept = OrdersReference(), set()
+    for day in sorted(files_by_date):
+        for path in sorted(files_by_date[day]):
+            for fields in csv.reader(io.StringIO("\n".join(read_lines(path)))):
+                rule = rule_of(fields)
+                if rule is None and tuple(fields) in kept:
+                    rule = "duplicate"
+                if rule is not None:
+                    reference.rules[(day, rule)] += 1
+                    continue
+                kept.add(tuple(fields))
+                row = dict(zip(COLUMNS, fields))
+                quantity, price = int(row["Quantity"].strip()), Decimal(row["UnitPrice"].strip()).quantize(THOUSANDTHS)
+                customer = row["CustomerID"].strip()
+                reference.silver.append((
+                    day, row["InvoiceNo"].strip(), row["StockCode"].strip(), row["Description"], quantity, price,
+                    quantity * price, datetime.strptime(row["InvoiceDate"].strip(), "%Y-%m-%d %H:%M:%S"),
+                    int(Decimal(customer)) if customer else None, row["Country"],
+                    row["InvoiceNo"].strip().startswith("C"),
+                ))
+    return reference
+
+
+def _versions(observations: dict, key_type=lambda key: key) -> list[tuple]:
+    """SCD2 rows (key, value, valid_from, valid_to, is_current, version) from {key: {ts: (invoice, value)}}."""
+    rows = []
+    for key, seen in observations.items():
+        starts, last = [], None
+        for ts in sorted(seen):
+            value = seen[ts][1] if seen[ts][1] not in (None, "") else last
+            if not starts or value != last:
+                starts.append((ts, value))
+            last = value
+        for number, (ts, value) in enumerate(starts, 1):
+            valid_to = starts[number][0] if number < len(starts) else None
+            rows.append((key_type(key), value, ts, valid_to, valid_to is None, number))
+    return rows
+
+
+def _value(text: str | None) -> str | None:
+    """An empty attribute is no value."""
+    return text if text is not None and text.strip() else None
+
+
+def dimensions_reference(silver: list[tuple]) -> tuple[list[tuple], list[tuple]]:
+    """(dim_customer rows, dim_product rows) in table column order, from `OrdersReference.silver`."""
+    customers, products = defaultdict(dict), defaultdict(dict)
+    prices = defaultdict(Counter)  # (stock code, invoice day) -> Counter of unit prices
+    for _, invoice, code, description, _, price, _, ts, customer, country, _ in silver:
+        if customer is not None:
+            customers[customer][ts] = max(customers[customer].get(ts, ("", None)), (invoice, _value(country)),
+                                          key=lambda seen: (seen[1] is not None, seen))
+        products[code][ts] = max(products[code].get(ts, ("", None)), (invoice, _value(description)),
+                                 key=lambda seen: (seen[1] is not None, seen))
+        prices[(code, ts.date())][price] += 1
+    latest = {}
+    for code, day in prices:
+        latest[code] = max(latest.get(code, day), day)
+    list_price = {code: max(prices[(code, day)].items(), key=lambda item: (item[1], item[0]))[0]
+                  for code, day in latest.items()}
+    dim_customer = _versions(customers)
+    dim_product = [(code, description, list_price[code], *rest) for code, description, *rest in _versions(products)]
+    return dim_customer, dim_product
+
+
+def files_by_date(landing_orders: Path) -> dict[date, list[Path]]:
+    return {date.fromisoformat(folder.name): sorted(folder.glob("*.csv*"))
+            for folder in sorted(landing_orders.iterdir()) if folder.is_dir()}
