@@ -77,7 +77,7 @@ def run_silver(spark, settings: Settings, source: Source, ingestion_date: date, 
             .join(touched, "fingerprint", "left_semi").select("_ingestion_date").distinct().collect()))
     replace_partition(entries, index_path,
                       f"source = '{source.name}' AND _ingestion_date = '{ingestion_date.isoformat()}'",
-                      ["source"])
+                      ["source", "_ingestion_date"])
     index = spark.read.format("delta").load(index_path).where(F.col("source") == source.name)
     dates = (ingestion_date, *later)
 

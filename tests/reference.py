@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import csv
 import gzip
-import io
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 
 COLUMNS = ("InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice", "CustomerID", "Country")
@@ -34,13 +33,24 @@ class OrdersReference:
 
 
 def read_lines(path: Path) -> list[str]:
+    """The data lines of a delivered file, split where Spark's text reader splits them."""
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8", newline="") as handle:
-        return handle.read().splitlines()[1:]
+        text = handle.read()
+    lines = re.split(r"\r\n|\r|\n", text)
+    return lines[1:-1] if lines[-1] == "" else lines[1:]
 
 
-def rule_of(fields: list[str]) -> str | None:
-    if len(fields) != len(COLUMNS):
+def fields_of(line: str) -> list[str] | None:
+    """The CSV fields of one line, or None when a quote never closes."""
+    if line.count('"') % 2:
+        return None
+    [fields] = csv.reader([line]) if line else [[]]
+    return fields
+
+
+def rule_of(fields: list[str] | None) -> str | None:
+    if fields is None or len(fields) != len(COLUMNS):
         return "malformed"
     row = dict(zip(COLUMNS, (value.strip() for value in fields)))
     if not INTEGER.match(row["Quantity"]) or not DECIMAL.match(row["UnitPrice"]):
@@ -65,7 +75,7 @@ def orders_reference(files_by_date: dict[date, list[Path]]) -> OrdersReference:
     reference, kept = OrdersReference(), set()
     for day in sorted(files_by_date):
         for path in sorted(files_by_date[day]):
-            for fields in csv.reader(io.StringIO("\n".join(read_lines(path)))):
+            for fields in map(fields_of, read_lines(path)):
                 rule = rule_of(fields)
                 if rule is None and tuple(fields) in kept:
                     rule = "duplicate"
@@ -130,3 +140,54 @@ def dimensions_reference(silver: list[tuple]) -> tuple[list[tuple], list[tuple]]
 def files_by_date(landing_orders: Path) -> dict[date, list[Path]]:
     return {date.fromisoformat(folder.name): sorted(folder.glob("*.csv*"))
             for folder in sorted(landing_orders.iterdir()) if folder.is_dir()}
+
+
+EVENT_COLUMNS = ("event_time", "event_type", "product_id", "category_id", "category_code", "brand", "price", "user_id",
+                 "user_session")
+EVENT_TYPES = ("view", "cart", "remove_from_cart", "purchase")
+LONG = range(-(2**63), 2**63)
+
+
+def event_rule_of(line: str) -> str | None:
+    """The first events rule one delivered line breaks, or None (the duplicate rule aside)."""
+    fields = fields_of(line)
+    if fields is None or len(fields) != len(EVENT_COLUMNS):
+        return "malformed"
+    row = dict(zip(EVENT_COLUMNS, (value.strip() for value in fields)))
+    if row["event_time"]:
+        if not row["event_time"].endswith(" UTC"):
+            return "malformed"
+        try:
+            datetime.strptime(row["event_time"], "%Y-%m-%d %H:%M:%S UTC")
+        except ValueError:
+            return "malformed"
+    for column in ("product_id", "category_id", "user_id"):
+        if row[column] and (not INTEGER.match(row[column]) or int(row[column]) not in LONG):
+            return "malformed"
+    if row["price"] and not DECIMAL.match(row["price"]):
+        return "malformed"
+    if any(not row[column] for column in ("event_time", "event_type", "product_id", "user_id", "user_session")):
+        return "missing_key"
+    if row["event_type"] not in EVENT_TYPES:
+        return "unknown_event_type"
+    if row["price"] and Decimal(row["price"]) < 0:
+        return "negative_price"
+    return None
+
+
+def events_rules(files_by_date: dict[date, list[Path]]) -> tuple[Counter, int]:
+    """(rows per (ingestion date, rule), silver rows) of event deliveries processed in date order."""
+    rules, kept, silver = Counter(), set(), 0
+    for day in sorted(files_by_date):
+        for path in sorted(files_by_date[day]):
+            for line in read_lines(path):
+                rule = event_rule_of(line)
+                if rule is None:
+                    fields = tuple(fields_of(line))
+                    rule = "duplicate" if fields in kept else None
+                    kept.add(fields)
+                if rule is None:
+                    silver += 1
+                else:
+                    rules[(day, rule)] += 1
+    return rules, silver

@@ -1,4 +1,4 @@
-"""lakehouse_daily through Airflow (`airflow dags test`) and spark-submit, on real order days."""
+"""lakehouse_daily through Airflow (`airflow dags test`) and spark-submit, on three real order days."""
 
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ import pytest
 from include.config import PROJECT_ROOT, SAMPLE_ORDERS_DIR
 from include.tools import generate_events, stage_orders
 from include.tools.show_tables import query
+from tests.reference import dimensions_reference, events_rules, files_by_date, orders_reference
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("airflow")]
 
-DAY1, DAY2 = "2010-12-01", "2010-12-02"
+DAY1, DAY2, DAY3 = DAYS = ("2010-12-01", "2010-12-02", "2010-12-03")
 EVENTS_PER_DAY = 2_000
 
 
@@ -60,43 +61,60 @@ def dags_test(env, day: str) -> tuple[str, str]:
     return states[-1], output
 
 
-def bronze_counts(root: Path, source: str) -> dict[str, int]:
-    path = root / "warehouse" / "bronze" / source
+def per_date(root: Path, layer: str, table: str, where: str = "TRUE") -> dict[str, int]:
+    path = root / "warehouse" / layer / table
     if not path.exists():
         return {}
-    rows = query(path, "SELECT CAST(_ingestion_date AS VARCHAR) AS d, count(*) AS n FROM t GROUP BY 1").to_pylist()
-    return {row["d"]: row["n"] for row in rows}
+    rows = query(path, f"SELECT CAST(_ingestion_date AS VARCHAR) AS d, count(*) AS n FROM t WHERE {where} GROUP BY 1")
+    return {row["d"]: row["n"] for row in rows.to_pylist()}
 
 
-def test_two_real_days_and_a_rerun_land_every_line_in_bronze(airflow):
+def bronze_counts(root: Path, source: str) -> dict[str, int]:
+    return per_date(root, "bronze", source)
+
+
+def test_three_real_days_through_bronze_and_silver(airflow):
     env, root = airflow
     landing = root / "landing"
-    stage_orders.main(["--from", DAY1, "--days", "2", "--landing", str(landing)])
+    stage_orders.main(["--from", DAY1, "--days", "3", "--landing", str(landing)])
     generate_events.main(["--from", DAY1, "--days", "1", "--events-per-day", str(EVENTS_PER_DAY),
                           "--defect-rate", "0.05", "--landing", str(landing)])
-    expected = {day: data_lines(SAMPLE_ORDERS_DIR / f"{day}.csv.gz") for day in (DAY1, DAY2)}
-    assert expected == {DAY1: 3108, DAY2: 2109}
+    expected = {day: data_lines(SAMPLE_ORDERS_DIR / f"{day}.csv.gz") for day in DAYS}
+    assert expected == {DAY1: 3108, DAY2: 2109, DAY3: 2202}
 
-    state, _ = dags_test(env, DAY1)
-    assert state == "success"
-    state, output = dags_test(env, DAY2)
-    assert state == "success"
-    assert f"no events delivery for {DAY2}" in output, "the source without a folder is skipped, visibly"
+    for day in DAYS:
+        state, output = dags_test(env, day)
+        assert state == "success", output[-4000:]
+        if day != DAY1:
+            assert f"no events delivery for {day}" in output, "the source without a folder is skipped, visibly"
     assert bronze_counts(root, "orders") == expected
     assert bronze_counts(root, "events") == {DAY1: EVENTS_PER_DAY}
 
-    before = query(root / "warehouse" / "bronze" / "orders",
-                   f"SELECT * FROM t WHERE _ingestion_date = '{DAY1}'").drop(["_ingested_at", "_run_id"])
-    state, _ = dags_test(env, DAY1)
-    assert state == "success"
-    assert bronze_counts(root, "orders") == expected, "a rerun replaces the date; it never adds to it"
-    assert bronze_counts(root, "events") == {DAY1: EVENTS_PER_DAY}
-    after = query(root / "warehouse" / "bronze" / "orders",
-                  f"SELECT * FROM t WHERE _ingestion_date = '{DAY1}'").drop(["_ingested_at", "_run_id"])
-    assert sorted(map(repr, after.to_pylist())) == sorted(map(repr, before.to_pylist()))
-    malformed = query(root / "warehouse" / "bronze" / "events",
-                      "SELECT count(*) AS n FROM t WHERE _is_malformed").column("n")[0].as_py()
-    assert 0 < malformed < EVENTS_PER_DAY * 0.05
+    # Silver follows the rules exactly, and every bronze row is in silver or in quarantine.
+    reference = orders_reference(files_by_date(landing / "orders"))
+    assert per_date(root, "silver", "orders") == {day.isoformat(): rows for day, rows in reference.silver_counts().items()}
+    rules = query(root / "warehouse" / "silver" / "quarantine",
+                  "SELECT source, CAST(_ingestion_date AS VARCHAR) AS d, rule, count(*) AS n FROM t GROUP BY 1, 2, 3")
+    assert {(row["d"], row["rule"]): row["n"] for row in rules.to_pylist() if row["source"] == "orders"} == \
+        {(day.isoformat(), rule): rows for (day, rule), rows in reference.rules.items()}
+    for source in ("orders", "events"):
+        silver = per_date(root, "silver", source)
+        quarantined = per_date(root, "silver", "quarantine", f"source = '{source}'")
+        assert {day: silver.get(day, 0) + quarantined.get(day, 0) for day in bronze_counts(root, source)} == \
+            bronze_counts(root, source), source
+    events_quarantined = per_date(root, "silver", "quarantine", "source = 'events'")[DAY1]
+    assert 0 < events_quarantined < EVENTS_PER_DAY * 0.1, "the generator's defects, and only those, are rejected"
+    dim_customer, dim_product = dimensions_reference(reference.silver)
+    for table, rows in (("dim_customer", dim_customer), ("dim_product", dim_product)):
+        assert query(root / "warehouse" / "silver" / table, "SELECT count(*) AS n FROM t").column("n")[0].as_py() == \
+            len(rows)
+
+    # The generated events: each rule rejects exactly the lines the rules, applied in plain Python, reject.
+    events_expected, events_silver = events_rules(files_by_date(landing / "events"))
+    rules = query(root / "warehouse" / "silver" / "quarantine",
+                  "SELECT rule, count(*) AS n FROM t WHERE source = 'events' GROUP BY 1")
+    assert {row["rule"]: row["n"] for row in rules.to_pylist()} == {rule: n for (_, rule), n in events_expected.items()}
+    assert per_date(root, "silver", "events") == {DAY1: events_silver}
 
 
 def test_a_changed_header_fails_the_bronze_task_naming_file_and_columns(airflow):
@@ -108,6 +126,7 @@ def test_a_changed_header_fails_the_bronze_task_naming_file_and_columns(airflow)
     (folder / "export.csv").write_text(real.replace("UnitPrice,CustomerID", "Price,CustomerNo", 1))
     state, output = dags_test(env, day)
     assert state == "failed"
+    assert day not in per_date(root, "silver", "orders"), "silver does not run after a failed bronze"
     assert re.search(r"orders/2010-12-05/export.csv: header does not match the orders layout: "
                      r"missing columns \['UnitPrice', 'CustomerID'\]; unexpected columns \['Price', 'CustomerNo'\]",
                      output), output[-4000:]

@@ -20,6 +20,8 @@ from spark_jobs.transforms.silver import (
     silver_orders,
 )
 
+pytestmark = pytest.mark.xdist_group("silver_rules")
+
 DAY = date(2010, 12, 1)
 GOOD_ORDER = ("536365", "85123A", "WHITE HANGING HEART T-LIGHT HOLDER", "6", "2010-12-01 08:26:00", "2.55",
               "17850.0", "United Kingdom")

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in tables:
         version, counts = rows_per_date(path)
         name = path.relative_to(warehouse).as_posix()
-        shown = {key: value for key, value in counts.items() if args.date is None or key == args.date}
+        shown = {key: value for key, value in counts.items() if args.date is None or key in (args.date, None)}
         print(f"  {name}  (version {version}, {sum(counts.values()):,} rows)  {path}")
         for key, value in sorted(shown.items(), key=lambda item: (item[0] is None, item[0])):
             print(f"      {key if key is not None else 'all'}: {value:,} rows")
