@@ -32,7 +32,7 @@ help:
 	@echo "make setup                   create .venv with the pinned requirements (idempotent)"
 	@echo "make run                     stage real orders and generated events, run lakehouse_daily, show the tables"
 	@echo "make test                    run the test suite (all but the tests marked slow)"
-	@echo "make test-slow               run the slow acceptance tests (about 10 minutes)"
+	@echo "make test-slow               run the slow acceptance tests"
 	@echo "make dag-test DATE=YYYY-MM-DD run lakehouse_daily for one ingestion date (airflow dags test)"
 	@echo "make clean                   remove data/, .airflow/ and .venv/"
 

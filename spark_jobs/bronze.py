@@ -20,10 +20,10 @@ from pathlib import Path
 if __package__ in (None, "") and "__file__" in globals():
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from include.config import INGESTED_FILES_TABLE, Settings, get_settings
+from include.config import INGESTED_FILES_TABLE, Settings
 from include.landing import DeliveredFile, DeliveryError, inspect_file, list_delivery
-from include.sources import Source, get_source
-from spark_jobs.common import configure_logging, job_arguments, replace_partition
+from include.sources import Source
+from spark_jobs.common import replace_partition, run_layer_job
 from spark_jobs.transforms.bronze import without_carriage_return
 
 log = logging.getLogger("lakehouse.bronze")
@@ -188,18 +188,8 @@ def _is_delta_table(spark, path: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from include.spark import get_spark
-
-    configure_logging()
-    args = job_arguments("Load one source's delivery for one ingestion date into bronze.", argv)
-    settings = get_settings()
-    source = get_source(args.source)
-    spark = get_spark(f"bronze-{source.name}-{args.ingestion_date}", settings)
-    try:
-        run_bronze(spark, settings, source, args.ingestion_date, args.run_id)
-    except DeliveryError as error:
-        log.error("%s", error)
-        raise SystemExit(2) from error
+    run_layer_job("bronze", "Load one source's delivery for one ingestion date into bronze.", run_bronze, argv,
+                  expected_errors=(DeliveryError,))
 
 
 if __name__ == "__main__":

@@ -39,6 +39,28 @@ def configure_logging() -> None:
     logging.getLogger("py4j").setLevel(logging.WARNING)
 
 
+def run_layer_job(layer: str, description: str, run, argv: list[str] | None = None,
+                  expected_errors: tuple[type[Exception], ...] = ()) -> None:
+    """A layer job's entry point: arguments, logging, Spark session, then `run(spark, settings, source, date, run_id)`.
+
+    `expected_errors` are problems with the data, not the code: logged as one line, exit status 2.
+    """
+    from include.config import get_settings
+    from include.sources import get_source
+    from include.spark import get_spark
+
+    configure_logging()
+    args = job_arguments(description, argv)
+    settings = get_settings()
+    source = get_source(args.source)
+    spark = get_spark(f"{layer}-{source.name}-{args.ingestion_date}", settings)
+    try:
+        run(spark, settings, source, args.ingestion_date, args.run_id)
+    except expected_errors as error:
+        logging.getLogger(f"lakehouse.{layer}").error("%s", error)
+        raise SystemExit(2) from error
+
+
 def replace_partition(
     frame, path: str, predicate: str, partition_by: list[str], table_properties: dict[str, str] | None = None
 ) -> None:

@@ -23,9 +23,9 @@ from pathlib import Path
 if __package__ in (None, "") and "__file__" in globals():
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from include.config import Settings, get_settings
-from include.sources import Source, get_source
-from spark_jobs.common import configure_logging, job_arguments, replace_partition
+from include.config import Settings
+from include.sources import Source
+from spark_jobs.common import replace_partition, run_layer_job
 from spark_jobs.transforms.dimensions import DIMENSIONS
 
 log = logging.getLogger("lakehouse.silver")
@@ -125,14 +125,7 @@ def _account(source: Source, current: date, bronze_rows: int, silver_rows: int, 
 
 
 def main(argv: list[str] | None = None) -> None:
-    from include.spark import get_spark
-
-    configure_logging()
-    args = job_arguments("Clean one source's bronze rows for one ingestion date into silver.", argv)
-    settings = get_settings()
-    source = get_source(args.source)
-    spark = get_spark(f"silver-{source.name}-{args.ingestion_date}", settings)
-    run_silver(spark, settings, source, args.ingestion_date, args.run_id)
+    run_layer_job("silver", "Clean one source's bronze rows for one ingestion date into silver.", run_silver, argv)
 
 
 if __name__ == "__main__":

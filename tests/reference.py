@@ -95,7 +95,7 @@ def orders_reference(files_by_date: dict[date, list[Path]]) -> OrdersReference:
     return reference
 
 
-def _versions(observations: dict, key_type=lambda key: key) -> list[tuple]:
+def _versions(observations: dict) -> list[tuple]:
     """SCD2 rows (key, value, valid_from, valid_to, is_current, version) from {key: {ts: (invoice, value)}}."""
     rows = []
     for key, seen in observations.items():
@@ -107,7 +107,7 @@ def _versions(observations: dict, key_type=lambda key: key) -> list[tuple]:
             last = value
         for number, (ts, value) in enumerate(starts, 1):
             valid_to = starts[number][0] if number < len(starts) else None
-            rows.append((key_type(key), value, ts, valid_to, valid_to is None, number))
+            rows.append((key, value, ts, valid_to, valid_to is None, number))
     return rows
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import shutil
 from collections import Counter
-from datetime import date
 
 import pytest
 

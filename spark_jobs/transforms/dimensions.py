@@ -21,6 +21,7 @@ with empty values has one version with a null attribute.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pyspark.sql import DataFrame, Window
@@ -29,24 +30,8 @@ from pyspark.sql import functions as F
 from spark_jobs.transforms.silver import PRICE_TYPE
 
 VERSION_COLUMNS = ("valid_from", "valid_to", "is_current", "version")
-
-
-@dataclass(frozen=True)
-class Dimension:
-    table: str
-    key: str
-    tracked: str  # the type 2 attribute
-    columns: tuple[str, ...]  # in table order
-
-    def versions(self, orders: DataFrame) -> DataFrame:
-        return _DERIVATIONS[self.table](orders)
-
-
-DIM_CUSTOMER = Dimension("dim_customer", "customer_id", "country",
-                         ("customer_id", "country", *VERSION_COLUMNS))
-DIM_PRODUCT = Dimension("dim_product", "stock_code", "description",
-                        ("stock_code", "description", "list_price", *VERSION_COLUMNS))
-DIMENSIONS = (DIM_CUSTOMER, DIM_PRODUCT)
+CUSTOMER_COLUMNS = ("customer_id", "country", *VERSION_COLUMNS)
+PRODUCT_COLUMNS = ("stock_code", "description", "list_price", *VERSION_COLUMNS)
 
 
 def _history(orders: DataFrame, key: str, attribute: str) -> DataFrame:
@@ -64,19 +49,18 @@ def _history(orders: DataFrame, key: str, attribute: str) -> DataFrame:
     starts = (carried.withColumn("_previous", F.lag("_value").over(in_time))
               .withColumn("_first", F.row_number().over(in_time) == 1)
               .where(F.col("_first") | ~F.col("_value").eqNullSafe(F.col("_previous"))))
-    return starts.select(
+    return (starts.select(
         key,
         F.col("_value").alias(attribute),
         F.col("invoice_ts").alias("valid_from"),
         F.lead("invoice_ts").over(in_time).alias("valid_to"),
-        F.lead("invoice_ts").over(in_time).isNull().alias("is_current"),
         F.row_number().over(in_time).cast("int").alias("version"),
-    )
+    ).withColumn("is_current", F.col("valid_to").isNull()))
 
 
 def customer_versions(orders: DataFrame) -> DataFrame:
     """`silver/dim_customer` rows of every customer in `orders` (all of their silver lines)."""
-    return _history(orders, "customer_id", "country").select(*DIM_CUSTOMER.columns)
+    return _history(orders, "customer_id", "country").select(*CUSTOMER_COLUMNS)
 
 
 def product_versions(orders: DataFrame) -> DataFrame:
@@ -90,7 +74,17 @@ def product_versions(orders: DataFrame) -> DataFrame:
               .select("stock_code", F.col("_most.unit_price").cast(PRICE_TYPE).alias("list_price")))
     return (_history(orders, "stock_code", "description")
             .join(prices, "stock_code")
-            .select(*DIM_PRODUCT.columns))
+            .select(*PRODUCT_COLUMNS))
 
 
-_DERIVATIONS = {"dim_customer": customer_versions, "dim_product": product_versions}
+@dataclass(frozen=True)
+class Dimension:
+    table: str
+    key: str
+    columns: tuple[str, ...]  # in table order
+    versions: Callable[[DataFrame], DataFrame]  # silver orders -> the table's rows
+
+
+DIM_CUSTOMER = Dimension("dim_customer", "customer_id", CUSTOMER_COLUMNS, customer_versions)
+DIM_PRODUCT = Dimension("dim_product", "stock_code", PRODUCT_COLUMNS, product_versions)
+DIMENSIONS = (DIM_CUSTOMER, DIM_PRODUCT)
