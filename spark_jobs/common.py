@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 from datetime import date, datetime, timezone
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def job_arguments(description: str, argv: list[str] | None = None) -> argparse.Namespace:
-    """`--source` and `--ingestion-date`, the same under spark-submit and as a Databricks task."""
+def job_arguments(description: str, argv: list[str] | None = None,
+                  extra_arguments: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+    """`--source` and `--ingestion-date` (and a layer's own options), the same under spark-submit and as a
+    Databricks task."""
     from include.sources import SOURCES
 
     parser = argparse.ArgumentParser(description=description)
@@ -27,6 +30,8 @@ def job_arguments(description: str, argv: list[str] | None = None) -> argparse.N
         default=None,
         help="the orchestrator's run id, stamped on every row (default: manual__<UTC time>)",
     )
+    if extra_arguments is not None:
+        extra_arguments(parser)
     args = parser.parse_args(argv)
     if args.run_id is None:
         args.run_id = f"manual__{datetime.now(timezone.utc).strftime('%Y-%m-%dT%H:%M:%S')}"
@@ -40,22 +45,26 @@ def configure_logging() -> None:
 
 
 def run_layer_job(layer: str, description: str, run, argv: list[str] | None = None,
-                  expected_errors: tuple[type[Exception], ...] = ()) -> None:
-    """A layer job's entry point: arguments, logging, Spark session, then `run(spark, settings, source, date, run_id)`.
+                  expected_errors: tuple[type[Exception], ...] = (),
+                  extra_arguments: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
+    """A layer job's entry point: arguments, logging, Spark session, then
+    `run(spark, settings, source, date, run_id, **options)`, the options being what `extra_arguments` added.
 
-    `expected_errors` are problems with the data, not the code: logged as one line, exit status 2.
+    `expected_errors` are problems with the data or the request, not the code: logged as one line, exit status 2.
     """
     from include.config import get_settings
     from include.sources import get_source
     from include.spark import get_spark
 
     configure_logging()
-    args = job_arguments(description, argv)
+    args = job_arguments(description, argv, extra_arguments)
+    options = {name: value for name, value in vars(args).items()
+               if name not in ("source", "ingestion_date", "run_id")}
     settings = get_settings()
     source = get_source(args.source)
     spark = get_spark(f"{layer}-{source.name}-{args.ingestion_date}", settings)
     try:
-        run(spark, settings, source, args.ingestion_date, args.run_id)
+        run(spark, settings, source, args.ingestion_date, args.run_id, **options)
     except expected_errors as error:
         logging.getLogger(f"lakehouse.{layer}").error("%s", error)
         raise SystemExit(2) from error

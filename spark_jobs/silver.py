@@ -91,8 +91,9 @@ def run_silver(spark, settings: Settings, source: Source, ingestion_date: date, 
     kept_counts, rejected_counts = Observation(), Observation()
     per_date = [F.count_if(F.col("_ingestion_date") == F.lit(current)).alias(current.isoformat()) for current in dates]
     on_dates = f"_ingestion_date IN ({', '.join(repr(current.isoformat()) for current in dates)})"
+    # The change feed tells the gold job which rows each run inserted and removed.
     replace_partition(kept.observe(kept_counts, *per_date), settings.table_path("silver", source.name),
-                      on_dates, ["_ingestion_date"])
+                      on_dates, ["_ingestion_date"], {"delta.enableChangeDataFeed": "true"})
     replace_partition(rejected.observe(rejected_counts, *per_date), settings.table_path("silver", "quarantine"),
                       f"source = '{source.name}' AND {on_dates}", ["source", "_ingestion_date"])
     for current in dates:

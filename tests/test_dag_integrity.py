@@ -29,7 +29,7 @@ def test_every_dag_has_tags_docs_and_retries_set(dagbag):
         assert "retries" in dag.default_args, f"{dag_id} does not set retries"
 
 
-def test_lakehouse_daily_runs_bronze_then_silver_per_source(dagbag):
+def test_lakehouse_daily_runs_bronze_then_silver_then_gold_per_source(dagbag):
     from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
     from airflow.sdk import CronDataIntervalTimetable
 
@@ -40,7 +40,7 @@ def test_lakehouse_daily_runs_bronze_then_silver_per_source(dagbag):
     for source in SOURCES:
         find = dag.get_task(f"{source}.find_delivery")
         upstream = find.task_id
-        for layer in ("bronze", "silver"):
+        for layer in ("bronze", "silver", "gold"):
             job = dag.get_task(f"{source}.{layer}")
             assert isinstance(job, SparkSubmitOperator)
             assert job.upstream_task_ids == {upstream}
@@ -52,6 +52,14 @@ def test_lakehouse_daily_runs_bronze_then_silver_per_source(dagbag):
             assert job.packages.startswith("io.delta:delta-spark_")
             assert job.conf["spark.sql.extensions"] == "io.delta.sql.DeltaSparkSessionExtension"
             upstream = job.task_id
+        gold = dag.get_task(f"{source}.gold").application_args
+        assert gold[gold.index("--refresh") + 1] == "{{ params.refresh }}"
+
+
+def test_gold_refresh_is_a_param_with_two_choices(dagbag):
+    params = dagbag.dags["lakehouse_daily"].params
+    assert params["refresh"] == "incremental"
+    assert params.get_param("refresh").schema["enum"] == ["incremental", "full"]
 
 
 def test_a_missing_delivery_skips_the_source(tmp_path, monkeypatch):

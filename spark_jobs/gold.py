@@ -1,0 +1,237 @@
+"""Gold job: bring one source's marts up to date with its silver table.
+
+    spark-submit spark_jobs/gold.py --source orders --ingestion-date 2010-12-01
+    spark-submit spark_jobs/gold.py --source orders --ingestion-date 2010-12-01 --refresh full
+
+A mart is recomputed from silver, never patched with increments. Incrementally, the job reads the
+silver table's change feed since the silver version the mart last reflected (`gold/mart_progress`),
+takes the keys of every row inserted or removed since (an ingestion date's rows, later dates that
+silver decided again, late events for earlier event dates), recomputes exactly those keys from
+silver as it stands and merges them into the mart: keys with no silver rows left are deleted. Marts
+with columns over the whole mart (RFM scores, revenue shares, recency) recompute those over the
+already aggregated mart after the merge. So a rerun, a backfill of an older date or a date processed
+twice gives the table a full rebuild gives. `--refresh full` rebuilds the marts from all of silver;
+it is also what happens the first time, and when the change feed no longer covers the versions a mart
+has not seen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from pathlib import Path
+
+# Run as a file (spark-submit, a Databricks spark_python_task), the project root is not on the path.
+if __package__ in (None, "") and "__file__" in globals():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from include.config import Settings
+from include.sources import Source
+from spark_jobs.common import run_layer_job
+
+log = logging.getLogger("lakehouse.gold")
+
+PROGRESS_TABLE = "mart_progress"
+REFRESH_MODES = ("incremental", "full")
+
+
+@dataclass(frozen=True)
+class MartResult:
+    table: str
+    refresh: str  # full | incremental | unchanged
+    silver_version: int
+    keys: int | None  # keys recomputed by an incremental refresh
+    seconds: float
+
+
+def run_gold(spark, settings: Settings, source: Source, ingestion_date: date, run_id: str,
+             refresh: str = "incremental", tables: list[str] | None = None) -> list[MartResult]:
+    from delta.tables import DeltaTable
+
+    from spark_jobs.transforms.gold import marts_of
+
+    if refresh not in REFRESH_MODES:
+        raise ValueError(f"refresh must be one of {', '.join(REFRESH_MODES)}, got {refresh!r}")
+    marts = marts_of(source.name)
+    unknown = sorted(set(tables or ()) - {mart.table for mart in marts})
+    if unknown:
+        raise ValueError(f"no {source.name} gold table named {', '.join(unknown)}; "
+                         f"its tables are {', '.join(mart.table for mart in marts)}")
+    marts = [mart for mart in marts if not tables or mart.table in tables]
+
+    silver_path = settings.table_path("silver", source.name)
+    if not DeltaTable.isDeltaTable(spark, silver_path):
+        raise RuntimeError(f"{silver_path} is not a Delta table: run the silver job for {source.name} first")
+    # Every mart is brought to the same silver version, read as of that version throughout.
+    version = DeltaTable.forPath(spark, silver_path).history(1).first()["version"]
+    silver = spark.read.format("delta").option("versionAsOf", version).load(silver_path)
+    seen = _progress(spark, settings)
+
+    plans: dict[str, str] = {}
+    for mart in marts:
+        last = seen.get(mart.table)
+        if refresh == "full":
+            plans[mart.table] = "full"
+        elif last is None or not DeltaTable.isDeltaTable(spark, settings.table_path("gold", mart.table)):
+            plans[mart.table] = "full"
+            log.info("gold %s: first build, from all of silver %s", mart.table, source.name)
+        elif last > version:
+            plans[mart.table] = "full"
+            log.warning("gold %s reflects silver %s version %s but silver is at %s (recreated?): rebuilding",
+                        mart.table, source.name, last, version)
+        else:
+            plans[mart.table] = "unchanged" if last == version else "incremental"
+
+    incremental = [mart for mart in marts if plans[mart.table] == "incremental"]
+    changes = None
+    if incremental:
+        since = min(seen[mart.table] for mart in incremental) + 1
+        changes = _changes(spark, silver_path, since, version, incremental)
+        if changes is None:
+            log.warning("gold %s: silver %s has no change feed for versions %s to %s (change data feed off, "
+                        "or history vacuumed): rebuilding from all of silver", source.name, source.name, since, version)
+            plans.update({mart.table: "full" for mart in incremental})
+
+    results = []
+    for mart in marts:
+        started = time.monotonic()
+        path = settings.table_path("gold", mart.table)
+        keys = None
+        if plans[mart.table] == "full":
+            (mart.build(silver).write.format("delta").mode("overwrite").option("overwriteSchema", "true")
+             .save(path))
+        elif plans[mart.table] == "incremental":
+            touched = _touched_keys(changes, mart, seen[mart.table]).cache()
+            keys = touched.count()
+            if keys:
+                _refresh_keys(spark, path, mart, silver, touched)
+            touched.unpersist()
+        results.append(MartResult(mart.table, plans[mart.table], version, keys, time.monotonic() - started))
+        log.info("gold %s %s: %s refresh to silver version %s%s in %.1f s", source.name, mart.table,
+                 plans[mart.table], version, "" if keys is None else f", {keys:,} keys recomputed",
+                 results[-1].seconds)
+    if changes is not None:
+        changes.unpersist()
+    _record_progress(spark, settings, source, ingestion_date, run_id, results)
+    return results
+
+
+def _progress(spark, settings: Settings) -> dict[str, int]:
+    """The silver version each mart reflects, from `gold/mart_progress`."""
+    from delta.tables import DeltaTable
+    from pyspark.sql import functions as F
+
+    path = settings.table_path("gold", PROGRESS_TABLE)
+    if not DeltaTable.isDeltaTable(spark, path):
+        return {}
+    rows = (spark.read.format("delta").load(path)
+            .groupBy("mart").agg(F.max_by("silver_version", "recorded_at").alias("silver_version")).collect())
+    return {row.mart: row.silver_version for row in rows}
+
+
+def _record_progress(spark, settings: Settings, source: Source, ingestion_date: date, run_id: str,
+                     results: list[MartResult]) -> None:
+    """One row per mart and run, appended: which silver version the mart now reflects, and how."""
+    from pyspark.sql import types as T
+
+    schema = T.StructType([
+        T.StructField("mart", T.StringType(), False),
+        T.StructField("source", T.StringType(), False),
+        T.StructField("silver_version", T.LongType(), False),
+        T.StructField("refresh", T.StringType(), False),
+        T.StructField("keys_recomputed", T.LongType(), True),
+        T.StructField("seconds", T.DoubleType(), False),
+        T.StructField("ingestion_date", T.DateType(), False),
+        T.StructField("run_id", T.StringType(), False),
+        T.StructField("recorded_at", T.TimestampType(), False),
+    ])
+    now = datetime.now(timezone.utc)
+    rows = [(result.table, source.name, result.silver_version, result.refresh, result.keys, round(result.seconds, 3),
+             ingestion_date, run_id, now) for result in results]
+    spark.createDataFrame(rows, schema).write.format("delta").mode("append").save(
+        settings.table_path("gold", PROGRESS_TABLE))
+
+
+def _changes(spark, silver_path: str, since: int, until: int, marts):
+    """Silver's changed rows (inserted or removed) in versions since..until, only the columns the
+    marts' keys come from, cached; None when the change feed does not cover that range."""
+    from pyspark.errors import AnalysisException
+    from pyspark.sql import functions as F
+
+    columns = sorted({column for mart in marts for _, column in mart.keys})
+    try:
+        changes = (spark.read.format("delta").option("readChangeFeed", "true")
+                   .option("startingVersion", since).option("endingVersion", until).load(silver_path)
+                   .select(*columns, F.col("_commit_version")).distinct().cache())
+        changes.count()
+    except AnalysisException as error:
+        log.warning("change feed of %s unreadable: %s", silver_path, str(error).splitlines()[0])
+        return None
+    return changes
+
+
+def _touched_keys(changes, mart, last_version: int):
+    from pyspark.sql import functions as F
+
+    return (changes.where(F.col("_commit_version") > last_version)
+            .select(*[F.col(column).alias(key) for key, column in mart.keys]).distinct())
+
+
+def _matching(rows, touched, columns: tuple[str, ...], how: str):
+    """`rows` whose values of `columns` are (left_semi) or are not (left_anti) among `touched`; nulls match nulls."""
+    from pyspark.sql import functions as F
+
+    condition = [F.col(f"r.{column}").eqNullSafe(F.col(f"k.{column}")) for column in columns]
+    return rows.alias("r").join(F.broadcast(touched.alias("k")), condition, how).select("r.*")
+
+
+def _refresh_keys(spark, path: str, mart, silver, touched) -> None:
+    """Recompute `touched` keys of `mart` from silver and write them into the mart."""
+    from delta.tables import DeltaTable
+    from pyspark.sql import functions as F
+
+    on_silver = touched.select(*[F.col(key).alias(column) for key, column in mart.keys])
+    rows = _matching(silver, on_silver, tuple(column for _, column in mart.keys), "left_semi")
+    fresh = mart.aggregate(rows)
+    keys = mart.key_columns
+    if mart.finish is not None:
+        # Columns over the whole mart: the other keys' stored aggregates, the fresh ones, finished together.
+        stored = spark.read.format("delta").load(path).select(*fresh.columns)
+        whole = _matching(stored, touched, keys, "left_anti").unionByName(fresh)
+        mart.finish(whole, silver).write.format("delta").mode("overwrite").save(path)
+        return
+    # Touched keys left without silver rows are deleted; the others updated or inserted.
+    flagged = fresh.withColumn("_fresh", F.lit(True))
+    condition = [F.col(f"k.{key}").eqNullSafe(F.col(f"f.{key}")) for key in keys]
+    updates = (touched.alias("k").join(flagged.alias("f"), condition, "left")
+               .select(*[F.col(f"k.{key}") for key in keys],
+                       *[F.col(f"f.{column}") for column in mart.columns if column not in keys],
+                       F.coalesce(F.col("f._fresh"), F.lit(False)).alias("_fresh")))
+    assignments = {f"`{column}`": f"s.`{column}`" for column in mart.columns}
+    (DeltaTable.forPath(spark, path).alias("t")
+     .merge(updates.alias("s"), " AND ".join(f"t.`{key}` <=> s.`{key}`" for key in keys))
+     .whenMatchedDelete(condition="NOT s._fresh")
+     .whenMatchedUpdate(condition="s._fresh", set=assignments)
+     .whenNotMatchedInsert(condition="s._fresh", values=assignments)
+     .execute())
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--refresh", choices=REFRESH_MODES, default="incremental",
+                        help="incremental: recompute the keys silver changed since the last run (default); "
+                             "full: rebuild from all of silver")
+    parser.add_argument("--table", dest="tables", action="append", metavar="TABLE",
+                        help="only this gold table (repeatable; default: all of the source's tables)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_layer_job("gold", "Bring one source's gold marts up to date with its silver table.", run_gold, argv,
+                  expected_errors=(ValueError,), extra_arguments=_arguments)
+
+
+if __name__ == "__main__":
+    main()
