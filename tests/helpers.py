@@ -19,3 +19,13 @@ def deliver(settings, source: str, day: str, name: str, content: str | bytes, co
     path = folder / name
     path.write_bytes(gzip.compress(data) if compress else data)
     return path
+
+
+def gold_tables(spark, settings, source: str) -> dict[str, list[tuple]]:
+    """Every gold mart of `source`, rows sorted."""
+    from spark_jobs.transforms.gold import marts_of
+
+    return {mart.table: sorted((tuple(row) for row in
+                                spark.read.format("delta").load(settings.table_path("gold", mart.table)).collect()),
+                               key=repr)
+            for mart in marts_of(source)}

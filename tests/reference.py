@@ -13,7 +13,7 @@ import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 COLUMNS = ("InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice", "CustomerID", "Country")
@@ -191,3 +191,81 @@ def events_rules(files_by_date: dict[date, list[Path]]) -> tuple[Counter, int]:
                 else:
                     rules[(day, rule)] += 1
     return rules, silver
+
+
+CENT, RATE_PLACES, SHARE_PLACES = Decimal("0.01"), Decimal("0.0001"), Decimal("0.000001")
+
+
+def _round(value: Decimal, places: Decimal) -> Decimal:
+    return value.quantize(places, rounding=ROUND_HALF_UP)
+
+
+def _rate(numerator: int, denominator: int) -> Decimal | None:
+    return _round(Decimal(numerator) / Decimal(denominator), RATE_PLACES) if denominator else None
+
+
+def daily_sales_reference(silver: list[tuple]) -> list[tuple]:
+    """`gold/daily_sales` rows from `OrdersReference.silver`: ARCHITECTURE.md's definition, line by line."""
+    groups = defaultdict(lambda: (set(), [0, 0, Decimal(0)], set()))
+    for _, invoice, _, _, quantity, _, line_total, ts, customer, country, cancellation in silver:
+        if cancellation:
+            continue
+        invoices, sums, customers = groups[(ts.date(), country)]
+        invoices.add(invoice)
+        sums[0], sums[1], sums[2] = sums[0] + 1, sums[1] + quantity, sums[2] + line_total
+        if customer is not None:
+            customers.add(customer)
+    rows = []
+    for (day, country), (invoices, (lines, units, total), customers) in groups.items():
+        revenue = _round(total, CENT)
+        rows.append((day, country, len(invoices), lines, units, revenue, len(customers),
+                     _round(revenue / len(invoices), CENT)))
+    return sorted(rows, key=repr)
+
+
+def events_marts_reference(events: list) -> dict[str, list[tuple]]:
+    """The four events marts from silver event rows (anything with the silver columns as attributes)."""
+    funnel = defaultdict(lambda: (Counter(), set()))
+    products = defaultdict(lambda: (Counter(), [Decimal(0)], {}))
+    users = defaultdict(lambda: (Counter(), set(), [Decimal(0)], []))
+    hourly = defaultdict(lambda: [0, Decimal(0)])
+    for event in events:
+        price = event.price or Decimal(0)
+        purchase = event.event_type == "purchase"
+        counts, sessions = funnel[event.event_date]
+        counts[event.event_type] += 1
+        sessions.add(event.user_session)
+        counts_p, revenue_p, latest = products[event.product_id]
+        counts_p[event.event_type] += 1
+        revenue_p[0] += price if purchase else 0
+        for column in ("brand", "category_id", "category_code"):
+            value = getattr(event, column)
+            if value is not None:
+                latest[column] = max(latest.get(column, (event.event_ts, value)), (event.event_ts, value))
+        counts_u, sessions_u, revenue_u, seen = users[event.user_id]
+        counts_u[event.event_type] += 1
+        sessions_u.add(event.user_session)
+        revenue_u[0] += price if purchase else 0
+        seen.append(event.event_ts)
+        if purchase:
+            hourly[(event.event_date, event.hour_of_day)][0] += 1
+            hourly[(event.event_date, event.hour_of_day)][1] += price
+    as_of = max((event.event_date for event in events), default=None)
+    marts = {
+        "funnel_daily": [
+            (day, c["view"], c["cart"], c["remove_from_cart"], c["purchase"], len(sessions),
+             _rate(c["cart"], c["view"]), _rate(c["purchase"], c["cart"]), _rate(c["purchase"], c["view"]))
+            for day, (c, sessions) in funnel.items()],
+        "product_conversion": [
+            (product, *(latest[column][1] if column in latest else None
+                        for column in ("brand", "category_id", "category_code")),
+             c["view"], c["cart"], c["purchase"], _round(revenue[0], CENT), _rate(c["purchase"], c["view"]))
+            for product, (c, revenue, latest) in products.items()],
+        "user_engagement": [
+            (user, len(sessions), sum(c.values()), c["purchase"], _round(revenue[0], CENT), min(seen), max(seen),
+             (as_of - max(seen).date()).days, as_of)
+            for user, (c, sessions, revenue, seen) in users.items()],
+        "hourly_sales": [(day, hour, purchases, _round(revenue, CENT))
+                         for (day, hour), (purchases, revenue) in hourly.items()],
+    }
+    return {table: sorted(rows, key=repr) for table, rows in marts.items()}

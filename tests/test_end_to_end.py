@@ -14,7 +14,13 @@ import pytest
 from include.config import PROJECT_ROOT, SAMPLE_ORDERS_DIR
 from include.tools import generate_events, stage_orders
 from include.tools.show_tables import query
-from tests.reference import dimensions_reference, events_rules, files_by_date, orders_reference
+from tests.reference import (
+    daily_sales_reference,
+    dimensions_reference,
+    events_rules,
+    files_by_date,
+    orders_reference,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("airflow")]
 
@@ -73,7 +79,7 @@ def bronze_counts(root: Path, source: str) -> dict[str, int]:
     return per_date(root, "bronze", source)
 
 
-def test_three_real_days_through_bronze_and_silver(airflow):
+def test_three_real_days_through_bronze_silver_and_gold(airflow):
     env, root = airflow
     landing = root / "landing"
     stage_orders.main(["--from", DAY1, "--days", "3", "--landing", str(landing)])
@@ -113,6 +119,13 @@ def test_three_real_days_through_bronze_and_silver(airflow):
                   "SELECT rule, count(*) AS n FROM t WHERE source = 'events' GROUP BY 1")
     assert {row["rule"]: row["n"] for row in rules.to_pylist()} == {rule: n for (_, rule), n in events_expected.items()}
     assert per_date(root, "silver", "events") == {DAY1: events_silver}
+
+    # Gold, run by each date's DAG run: daily sales to the penny, and every events mart built.
+    sales = query(root / "warehouse" / "gold" / "daily_sales", "SELECT * FROM t").to_pylist()
+    assert sorted((tuple(row.values()) for row in sales), key=repr) == daily_sales_reference(reference.silver)
+    for table in ("customer_rfm", "product_performance", "funnel_daily", "product_conversion", "user_engagement",
+                  "hourly_sales"):
+        assert query(root / "warehouse" / "gold" / table, "SELECT count(*) AS n FROM t").column("n")[0].as_py() > 0
 
 
 def test_a_changed_header_fails_the_bronze_task_naming_file_and_columns(airflow):
