@@ -25,6 +25,7 @@ def test_environment_overrides_paths_and_spark(tmp_path):
         "LAKEHOUSE_RUNTIME": "spark",
         "LAKEHOUSE_SHUFFLE_PARTITIONS": "8",
         "LAKEHOUSE_SPARK_UI": "false",
+        "LAKEHOUSE_SPARK_JAVA_OPTIONS": " -XX:TieredStopAtLevel=1 ",
     })
     assert settings.landing_dir("orders", date(2010, 12, 1)) == tmp_path / "in" / "orders" / "2010-12-01"
     assert settings.table_path("bronze", "events") == str(tmp_path / "out" / "bronze" / "events")
@@ -34,6 +35,8 @@ def test_environment_overrides_paths_and_spark(tmp_path):
     assert conf["spark.sql.shuffle.partitions"] == "8"
     assert conf["spark.ui.enabled"] == "false"
     assert conf["spark.sql.session.timeZone"] == "UTC"
+    assert conf["spark.driver.extraJavaOptions"].startswith("-Dlog4j.configurationFile=file:")
+    assert conf["spark.driver.extraJavaOptions"].endswith(".properties -XX:TieredStopAtLevel=1")
 
 
 def test_relative_paths_are_resolved(monkeypatch, tmp_path):

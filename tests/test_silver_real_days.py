@@ -1,9 +1,11 @@
-"""The silver job over the first ten real order days, against the rules applied in plain Python.
+"""Silver and gold over the first ten real order days, against the rules applied in plain Python.
 
-In order, in reverse order and with reruns, the silver, quarantine and dimension tables must be the
-same, and equal to what tests/reference.py derives from the delivered files. The reverse-order and
-rerun builds (23 silver runs, about 5 minutes) are marked `slow`: `make test-slow` runs them;
-`make test` covers processing order on hand-written days (tests/test_silver_job.py).
+Each day goes through silver and then gold, one by one, as the daily DAG runs them. In order, in
+reverse order and with reruns, the silver, quarantine, dimension and gold tables must be the same, and
+equal to what tests/reference.py derives from the delivered files; `gold/daily_sales` must equal the
+definition applied to those days to the penny, and a full refresh must leave every mart as it was. The
+reverse-order and rerun builds are marked `slow`: `make test-slow` runs them; `make test` covers
+processing order on hand-written days (tests/test_silver_job.py, tests/test_gold_job.py).
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import pytest
 from include.sources import ORDERS
 from include.tools import stage_orders
 from spark_jobs.bronze import run_bronze
+from spark_jobs.gold import run_gold
 from spark_jobs.silver import run_silver
-from tests.reference import dimensions_reference, files_by_date, orders_reference
+from tests.helpers import gold_tables
+from tests.reference import daily_sales_reference, dimensions_reference, files_by_date, orders_reference
 
 pytestmark = pytest.mark.xdist_group("ten_real_days")
 
@@ -51,13 +55,23 @@ def snapshot(spark, settings) -> dict[str, list[tuple]]:
         "quarantine": rows("quarantine", drop=("_run_id",)),
         "dim_customer": rows("dim_customer"),
         "dim_product": rows("dim_product"),
+        **gold_tables(spark, settings, ORDERS.name),
     }
 
 
+def run_day(spark, settings, day, run_id):
+    run_silver(spark, settings, ORDERS, day, f"silver-{run_id}")
+    results = run_gold(spark, settings, ORDERS, day, f"gold-{run_id}")
+    return {result.table: result.refresh for result in results}
+
+
 def build(spark, settings, order) -> dict[str, list[tuple]]:
-    shutil.rmtree(settings.warehouse / "silver", ignore_errors=True)
-    for day in order:
-        run_silver(spark, settings, ORDERS, day, f"silver-{day}")
+    for layer in ("silver", "gold"):
+        shutil.rmtree(settings.warehouse / layer, ignore_errors=True)
+    refreshes = [run_day(spark, settings, day, day) for day in order]
+    # The first gold run builds the marts from silver; every later one merges the keys silver changed.
+    assert set(refreshes[0].values()) == {"full"}
+    assert all(set(refresh.values()) == {"incremental"} for refresh in refreshes[1:]), refreshes
     return snapshot(spark, settings)
 
 
@@ -98,6 +112,15 @@ def test_ten_real_days_follow_the_rules_exactly(spark, ten_days, in_order):
     assert in_order["dim_product"] == sorted(dim_product, key=repr)
     assert len(dim_product) > len({row[0] for row in dim_product}), "real products change description"
 
+    # Gold, merged day by day: daily sales to the penny, and the same marts as a rebuild from all of silver.
+    assert in_order["daily_sales"] == daily_sales_reference(reference.silver)
+    assert len(in_order["daily_sales"]) == 56  # ten sales dates, 2 to 10 countries each
+    buyers = {row[-3] for row in reference.silver if row[-3] is not None and not row[-1]}
+    assert len(in_order["customer_rfm"]) == len(buyers)
+    rebuilt = run_gold(spark, settings, ORDERS, days[-1], "gold-full-refresh", refresh="full")
+    assert {result.refresh for result in rebuilt} == {"full"}
+    assert snapshot(spark, settings) == in_order
+
 
 @pytest.mark.slow
 def test_reverse_order_gives_the_same_tables(spark, ten_days, in_order):
@@ -111,5 +134,5 @@ def test_reruns_out_of_order_give_the_same_tables(spark, ten_days, in_order):
     # On the tables the earlier tests left, which must equal the in-order build.
     assert snapshot(spark, settings) == in_order
     for day in (days[4], days[0]):
-        run_silver(spark, settings, ORDERS, day, f"rerun-{day}")
+        run_day(spark, settings, day, f"rerun-{day}")
     assert snapshot(spark, settings) == in_order

@@ -1,0 +1,90 @@
+"""How a day's cost changes as history grows: generated event days through bronze, silver and gold, one by one.
+
+Each day is delivered by the events generator (duplicates and late events included), then run through
+the same functions the Spark jobs call (`run_bronze`, `run_silver`, `run_gold`) in one local Spark
+session, so the figures are the layers' work without spark-submit's start-up. Per day it prints the
+seconds of each layer, gold's recomputed keys, and the size of silver/events before the day; at the
+end, day N against day 2 (day 1 builds the marts from nothing and is not comparable).
+
+    python -m include.tools.history_bench --days 31 --events-per-day 100000
+    python -m include.tools.history_bench --days 2 --events-per-day 1000000 --root /tmp/bench-1m
+
+The landing zone and warehouse live under --root (default: a new temporary folder), never the
+project's own data/ folders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from datetime import date, timedelta
+from pathlib import Path
+
+from include.config import Settings
+from include.sources import EVENTS
+from include.tools import generate_events
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--days", type=int, default=31, help="event days to run, one by one (default 31)")
+    parser.add_argument("--events-per-day", type=int, default=100_000, help="events per day (default 100000)")
+    parser.add_argument("--from", dest="first", type=date.fromisoformat, default=date(2019, 10, 1),
+                        help="first event day (default 2019-10-01)")
+    parser.add_argument("--root", type=Path, help="folder for the landing zone and warehouse (default: a temp folder)")
+    parser.add_argument("--json", type=Path, help="also write the per-day figures to this JSON file")
+    args = parser.parse_args(argv)
+    if args.days < 2:
+        parser.error("--days must be at least 2: day 1 builds the marts from nothing")
+
+    root = args.root or Path(tempfile.mkdtemp(prefix="lakehouse-history-"))
+    settings = Settings.from_env({"LAKEHOUSE_LANDING": str(root / "landing"),
+                                  "LAKEHOUSE_WAREHOUSE": str(root / "warehouse"),
+                                  "LAKEHOUSE_SPARK_UI": "false"})
+    from include.spark import get_spark
+    from spark_jobs.bronze import run_bronze
+    from spark_jobs.gold import run_gold
+    from spark_jobs.silver import run_silver
+
+    spark = get_spark("history-bench", settings)
+    print(f"history bench: {args.days} days x {args.events_per_day:,} events under {root}", file=sys.stderr)
+    header = f"{'day':>3} {'date':10} {'silver rows before':>18} {'bronze s':>8} {'silver s':>8} {'gold s':>7} " \
+             f"{'gold keys':>9}"
+    print(header)
+    figures = []
+    for index in range(args.days):
+        day = args.first + timedelta(days=index)
+        generate_events.main(["--from", day.isoformat(), "--days", "1", "--events-per-day",
+                              str(args.events_per_day), "--defect-rate", "0.02", "--landing", str(settings.landing)])
+        silver_path = settings.table_path("silver", EVENTS.name)
+        before = spark.read.format("delta").load(silver_path).count() if index else 0
+        seconds = {}
+        for layer, run in (("bronze", run_bronze), ("silver", run_silver), ("gold", run_gold)):
+            started = time.perf_counter()
+            result = run(spark, settings, EVENTS, day, f"history-{layer}-{day}")
+            seconds[layer] = time.perf_counter() - started
+        keys = sum(mart.keys or 0 for mart in result)
+        figures.append({"day": index + 1, "date": day.isoformat(), "silver_rows_before": before,
+                        **{f"{layer}_seconds": round(value, 2) for layer, value in seconds.items()},
+                        "gold_keys": keys, "gold_marts": [asdict(mart) for mart in result]})
+        print(f"{index + 1:>3} {day} {before:>18,} {seconds['bronze']:>8.1f} {seconds['silver']:>8.1f} "
+              f"{seconds['gold']:>7.1f} {keys:>9,}", flush=True)
+
+    second = figures[1]
+    print("\nday N / day 2 (seconds):")
+    for figure in figures[2:]:
+        ratios = "  ".join(f"{layer} {figure[f'{layer}_seconds'] / max(second[f'{layer}_seconds'], 1e-9):.2f}"
+                           for layer in ("bronze", "silver", "gold"))
+        print(f"  day {figure['day']:>2}: {ratios}")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2, default=str))
+    spark.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
