@@ -79,9 +79,10 @@ TEST_WORKERS ?= 2
 test: setup
 	python -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=12 -m "not slow"
 
-# Acceptance runs too long for every change (ten real days in reverse order and with reruns).
+# Acceptance runs too long for every change: ten real days through silver and gold in reverse order and with
+# reruns, generated event days through gold in and out of order, the history bench on three small days.
 test-slow: setup
-	python -m pytest --durations=12 -m slow
+	python -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=12 -m slow
 
 clean:
 	rm -rf data .airflow .venv .pytest_cache

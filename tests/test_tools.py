@@ -157,3 +157,21 @@ def test_splitting_refuses_a_file_with_another_layout(tmp_path):
     with pytest.raises(Exception, match="header does not match the events layout"):
         split_kaggle.main([str(monthly), "--landing", str(tmp_path / "landing")])
     assert not (tmp_path / "landing").exists()
+
+
+@pytest.mark.slow
+def test_history_bench_runs_each_day_through_every_layer(spark, tmp_path, capsys):
+    import json
+
+    from include.tools import history_bench
+
+    assert history_bench.main(["--days", "3", "--events-per-day", "300", "--root", str(tmp_path),
+                               "--json", str(tmp_path / "figures.json")]) == 0
+    figures = json.loads((tmp_path / "figures.json").read_text())
+    assert [figure["day"] for figure in figures] == [1, 2, 3]
+    assert figures[0]["silver_rows_before"] == 0 < figures[1]["silver_rows_before"] < figures[2]["silver_rows_before"]
+    assert {mart["refresh"] for mart in figures[0]["gold_marts"]} == {"full"}
+    assert {mart["refresh"] for mart in figures[2]["gold_marts"]} == {"incremental"}
+    assert all(figure[f"{layer}_seconds"] > 0 for figure in figures for layer in ("bronze", "silver", "gold"))
+    printed = capsys.readouterr().out
+    assert "day N / day 2" in printed and "day  3: bronze" in printed

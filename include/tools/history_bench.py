@@ -16,6 +16,7 @@ project's own data/ folders.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -58,8 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     figures = []
     for index in range(args.days):
         day = args.first + timedelta(days=index)
-        generate_events.main(["--from", day.isoformat(), "--days", "1", "--events-per-day",
-                              str(args.events_per_day), "--defect-rate", "0.02", "--landing", str(settings.landing)])
+        with contextlib.redirect_stdout(sys.stderr):  # the generator's summary, off the figures table
+            generate_events.main(["--from", day.isoformat(), "--days", "1", "--events-per-day",
+                                  str(args.events_per_day), "--defect-rate", "0.02",
+                                  "--landing", str(settings.landing)])
         silver_path = settings.table_path("silver", EVENTS.name)
         before = spark.read.format("delta").load(silver_path).count() if index else 0
         seconds = {}
@@ -82,7 +85,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  day {figure['day']:>2}: {ratios}")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2, default=str))
-    spark.stop()
     return 0
 
 
