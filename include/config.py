@@ -13,9 +13,9 @@ comes from the environment with a default that keeps everything inside the check
     LAKEHOUSE_SPARK_UI             Spark UI on or off         (true)
     LAKEHOUSE_SPARK_JAVA_OPTIONS   extra JVM options for the Spark driver ("")
 
-Short jobs on small deliveries spend most of their CPU compiling Java bytecode: on two cores,
-LAKEHOUSE_SPARK_JAVA_OPTIONS="-XX:TieredStopAtLevel=1" (the quick compiler only) halves the CPU the
-test suite needs. Large days want the default, optimizing compiler.
+Short-lived JVMs on small deliveries spend much of their CPU compiling Java bytecode:
+LAKEHOUSE_SPARK_JAVA_OPTIONS="-XX:TieredStopAtLevel=1" (the quick compiler only) helps them, while a
+long-running session or a large day is slower with it.
 """
 
 from __future__ import annotations

@@ -110,7 +110,7 @@ def run_gold(spark, settings: Settings, source: Source, ingestion_date: date, ru
             touched = _touched_keys(changes, mart, seen[mart.table]).cache()
             keys = touched.count()
             if keys:
-                _refresh_keys(spark, path, mart, silver, touched)
+                _refresh_keys(spark, path, mart, silver, touched, keys)
             touched.unpersist()
         results.append(MartResult(mart.table, plans[mart.table], version, keys, time.monotonic() - started))
         log.info("gold %s %s: %s refresh to silver version %s%s in %.1f s", source.name, mart.table,
@@ -191,29 +191,31 @@ def _matching(rows, touched, columns: tuple[str, ...], how: str):
     return rows.alias("r").join(F.broadcast(touched.alias("k")), condition, how).select("r.*")
 
 
-def _narrowed(silver, keys):
+def _narrowed(silver, keys, count: int):
     """`silver` filtered on the literal values of each key column that has few of them (the touched event
     or sales dates, a day's customers), so Delta skips the files whose statistics rule them out instead of
     the join reading all of silver. The join on the keys that follows stays the exact test."""
     from pyspark.sql import functions as F
 
+    if count > LITERAL_KEYS_LIMIT and len(keys.columns) == 1:
+        return silver  # a single key column with too many values: nothing to collect
     for column in keys.columns:
         values = [row[0] for row in keys.select(column).distinct().limit(LITERAL_KEYS_LIMIT + 1).collect()]
         if len(values) > LITERAL_KEYS_LIMIT:
             continue
         present = [value for value in values if value is not None]
         condition = F.col(column).isin(present) if present else F.lit(False)
-        silver = silver.where(condition | F.col(column).isNull() if None in values else condition)
+        silver = silver.where((condition | F.col(column).isNull()) if None in values else condition)
     return silver
 
 
-def _refresh_keys(spark, path: str, mart, silver, touched) -> None:
+def _refresh_keys(spark, path: str, mart, silver, touched, count: int) -> None:
     """Recompute `touched` keys of `mart` from silver and write them into the mart."""
     from delta.tables import DeltaTable
     from pyspark.sql import functions as F
 
     on_silver = touched.select(*[F.col(key).alias(column) for key, column in mart.keys])
-    rows = _matching(_narrowed(silver, on_silver), on_silver, tuple(column for _, column in mart.keys), "left_semi")
+    rows = _matching(_narrowed(silver, on_silver, count), on_silver, tuple(column for _, column in mart.keys), "left_semi")
     fresh = mart.aggregate(rows)
     keys = mart.key_columns
     if mart.finish is not None:

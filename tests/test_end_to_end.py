@@ -52,8 +52,8 @@ def airflow(tmp_path_factory):
         "LAKEHOUSE_WAREHOUSE": str(root / "warehouse"),
         "LAKEHOUSE_SHUFFLE_PARTITIONS": "2",
         "LAKEHOUSE_SPARK_UI": "false",
-        # Each task is a new JVM working on a few thousand rows: the quick JIT compiler alone takes a
-        # third off each spark-submit (the tests' own long-lived session is faster with the default).
+        # Each task is a new JVM working on a few thousand rows: the quick JIT compiler alone cut this
+        # test from 871 s to 586 s in one comparison (the tests' own long-lived session is slower with it).
         "LAKEHOUSE_SPARK_JAVA_OPTIONS": "-XX:TieredStopAtLevel=1",
     }
     migrate = subprocess.run(["airflow", "db", "migrate"], env=env, capture_output=True, text=True)
