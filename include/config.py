@@ -115,7 +115,8 @@ class Settings:
             "spark.ui.enabled": str(self.spark_ui).lower(),
             "spark.ui.showConsoleProgress": "false",
             "spark.driver.memory": self.driver_memory,
-            "spark.driver.extraJavaOptions": f"-Dlog4j.configurationFile=file:{LOG4J_CONFIG} {self.java_options}".strip(),
+            "spark.driver.extraJavaOptions":
+                f"-Dlog4j.configurationFile=file:{LOG4J_CONFIG} {self.java_options}".strip(),
         }
 
 

@@ -215,7 +215,8 @@ def _refresh_keys(spark, path: str, mart, silver, touched, count: int) -> None:
     from pyspark.sql import functions as F
 
     on_silver = touched.select(*[F.col(key).alias(column) for key, column in mart.keys])
-    rows = _matching(_narrowed(silver, on_silver, count), on_silver, tuple(column for _, column in mart.keys), "left_semi")
+    columns = tuple(column for _, column in mart.keys)
+    rows = _matching(_narrowed(silver, on_silver, count), on_silver, columns, "left_semi")
     fresh = mart.aggregate(rows)
     keys = mart.key_columns
     if mart.finish is not None:
