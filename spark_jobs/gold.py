@@ -8,6 +8,8 @@ silver table's change feed since the silver version the mart last reflected (`go
 takes the keys of every row inserted or removed since (an ingestion date's rows, later dates that
 silver decided again, late events for earlier event dates), recomputes exactly those keys from
 silver as it stands and merges them into the mart: keys with no silver rows left are deleted. Marts
+kept over a daily rollup (products and users of the events) first recompute the rollup rows of the
+event dates those changed rows belong to, from silver, then the touched keys from the rollup. Marts
 with columns over the whole mart (RFM scores, revenue shares, recency) recompute those over the
 already aggregated mart after the merge. So a rerun, a backfill of an older date or a date processed
 twice gives the table a full rebuild gives. `--refresh full` rebuilds the marts from all of silver;
@@ -31,7 +33,7 @@ if __package__ in (None, "") and "__file__" in globals():
 
 from include.config import Settings
 from include.sources import Source
-from spark_jobs.common import run_layer_job
+from spark_jobs.common import replace_partition, run_layer_job
 
 log = logging.getLogger("lakehouse.gold")
 
@@ -78,7 +80,8 @@ def run_gold(spark, settings: Settings, source: Source, ingestion_date: date, ru
         last = seen.get(mart.table)
         if refresh == "full":
             plans[mart.table] = "full"
-        elif last is None or not DeltaTable.isDeltaTable(spark, settings.table_path("gold", mart.table)):
+        elif last is None or not all(DeltaTable.isDeltaTable(spark, settings.table_path("gold", table))
+                                     for table in _tables_of(mart)):
             plans[mart.table] = "full"
             log.info("gold %s: first build, from all of silver %s", mart.table, source.name)
         elif last > version:
@@ -104,13 +107,20 @@ def run_gold(spark, settings: Settings, source: Source, ingestion_date: date, ru
         path = settings.table_path("gold", mart.table)
         keys = None
         if plans[mart.table] == "full":
-            (mart.build(silver).write.format("delta").mode("overwrite").option("overwriteSchema", "true")
-             .save(path))
+            inputs = silver
+            if mart.rollup is not None:
+                _overwrite(mart.rollup.compute(silver), settings.table_path("gold", mart.rollup.table),
+                           [mart.rollup.date_column])
+                inputs = spark.read.format("delta").load(settings.table_path("gold", mart.rollup.table))
+            _overwrite(mart.build_from(inputs), path)
         elif plans[mart.table] == "incremental":
             touched = _touched_keys(changes, mart, seen[mart.table]).cache()
             keys = touched.count()
             if keys:
-                _refresh_keys(spark, path, mart, silver, touched, keys)
+                inputs = silver
+                if mart.rollup is not None:
+                    inputs = _refresh_rollup(spark, settings, mart.rollup, silver, changes, seen[mart.table])
+                _refresh_keys(spark, path, mart, inputs, touched, keys)
             touched.unpersist()
         results.append(MartResult(mart.table, plans[mart.table], version, keys, time.monotonic() - started))
         log.info("gold %s %s: %s refresh to silver version %s%s in %.1f s", source.name, mart.table,
@@ -120,6 +130,34 @@ def run_gold(spark, settings: Settings, source: Source, ingestion_date: date, ru
         changes.unpersist()
     _record_progress(spark, settings, source, ingestion_date, run_id, results)
     return results
+
+
+def _tables_of(mart) -> list[str]:
+    """The gold tables a mart keeps: itself, and its rollup if it has one."""
+    return [mart.table] + ([mart.rollup.table] if mart.rollup is not None else [])
+
+
+def _overwrite(frame, path: str, partition_by: list[str] = ()) -> None:
+    (frame.write.format("delta").mode("overwrite").option("overwriteSchema", "true").partitionBy(*partition_by)
+     .save(path))
+
+
+def _refresh_rollup(spark, settings: Settings, rollup, silver, changes, last_version: int):
+    """Recompute the rollup rows of every date with silver rows changed since `last_version` from silver as it
+    stands (a date left without silver rows loses its rollup rows), in one commit; the rollup as it now is."""
+    from pyspark.sql import functions as F
+
+    path = settings.table_path("gold", rollup.table)
+    column = rollup.date_column
+    dates = [row[0] for row in changes.where(F.col("_commit_version") > last_version).select(column).distinct()
+             .collect()]
+    present = sorted(day for day in dates if day is not None)
+    if present:
+        listed = ", ".join(f"DATE'{day.isoformat()}'" for day in present)
+        rows = rollup.compute(silver.where(F.col(column).isin(present)))
+        replace_partition(rows, path, f"`{column}` IN ({listed})", [column])
+        log.info("gold %s: rollup rows of %s %s date(s) recomputed", rollup.table, len(present), column)
+    return spark.read.format("delta").load(path)
 
 
 def _progress(spark, settings: Settings) -> dict[str, int]:
@@ -164,7 +202,8 @@ def _changes(spark, silver_path: str, since: int, until: int, marts):
     from pyspark.errors import AnalysisException
     from pyspark.sql import functions as F
 
-    columns = sorted({column for mart in marts for _, column in mart.keys})
+    columns = sorted({column for mart in marts for _, column in mart.keys}
+                     | {mart.rollup.date_column for mart in marts if mart.rollup is not None})
     try:
         changes = (spark.read.format("delta").option("readChangeFeed", "true")
                    .option("startingVersion", since).option("endingVersion", until).load(silver_path)
@@ -209,21 +248,21 @@ def _narrowed(silver, keys, count: int):
     return silver
 
 
-def _refresh_keys(spark, path: str, mart, silver, touched, count: int) -> None:
-    """Recompute `touched` keys of `mart` from silver and write them into the mart."""
+def _refresh_keys(spark, path: str, mart, inputs, touched, count: int) -> None:
+    """Recompute `touched` keys of `mart` from its inputs (silver, or its rollup) and write them into the mart."""
     from delta.tables import DeltaTable
     from pyspark.sql import functions as F
 
     on_silver = touched.select(*[F.col(key).alias(column) for key, column in mart.keys])
     columns = tuple(column for _, column in mart.keys)
-    rows = _matching(_narrowed(silver, on_silver, count), on_silver, columns, "left_semi")
+    rows = _matching(_narrowed(inputs, on_silver, count), on_silver, columns, "left_semi")
     fresh = mart.aggregate(rows)
     keys = mart.key_columns
     if mart.finish is not None:
         # Columns over the whole mart: the other keys' stored aggregates, the fresh ones, finished together.
         stored = spark.read.format("delta").load(path).select(*fresh.columns)
         whole = _matching(stored, touched, keys, "left_anti").unionByName(fresh)
-        mart.finish(whole, silver).write.format("delta").mode("overwrite").save(path)
+        mart.finish(whole, inputs).write.format("delta").mode("overwrite").save(path)
         return
     # Touched keys left without silver rows are deleted; the others updated or inserted.
     flagged = fresh.withColumn("_fresh", F.lit(True))

@@ -174,6 +174,25 @@ def test_user_engagement_as_of_the_latest_event_date(spark):
     ]
 
 
+def test_entity_marts_over_daily_rollups_round_once_and_count_a_session_once(spark):
+    """product_conversion and user_engagement aggregate per-date partials: those stay exact (no rounding, sessions
+    kept by id), so the result is the aggregation of the events themselves."""
+    at = datetime.fromisoformat
+    rows = [
+        event("2019-10-01 23:59:00", "purchase", product=5, user=9, session="x", price="0.005", brand="old"),
+        event("2019-10-02 00:01:00", "purchase", product=5, user=9, session="x", price="0.005"),
+        event("2019-10-03 08:00:00", "view", product=5, user=9, session="y", brand="new"),
+        event("2019-10-03 08:00:00", "view", product=5, user=8, session="z", brand="mid"),  # tie: greater wins
+    ]
+    # 0.005 + 0.005 = 0.010 -> 0.01 (rounding each day's 0.005 first would give 0.02)
+    assert build(spark, "product_conversion", EVENTS_SCHEMA, rows) == [
+        (5, "new", None, None, 2, 0, 2, D("0.01"), D("1.0000"))]
+    assert build(spark, "user_engagement", EVENTS_SCHEMA, rows) == [
+        (8, 1, 1, 0, D("0.00"), at("2019-10-03 08:00:00"), at("2019-10-03 08:00:00"), 0, date(2019, 10, 3)),
+        (9, 2, 3, 2, D("0.01"), at("2019-10-01 23:59:00"), at("2019-10-03 08:00:00"), 0, date(2019, 10, 3)),
+    ]
+
+
 def test_hourly_sales_per_event_date_and_hour(spark):
     rows = EVENTS + [event("2019-10-01 09:59:59", "purchase", product=3, price="0.500"),
                      event("2019-10-01 10:00:00", "purchase", product=3, price=None)]

@@ -8,6 +8,11 @@ end, day N against day 2 (day 1 builds the marts from nothing and is not compara
 
     python -m include.tools.history_bench --days 31 --events-per-day 100000
     python -m include.tools.history_bench --days 2 --events-per-day 1000000 --root /tmp/bench-1m
+    python -m include.tools.history_bench --days 31 --events-per-day 1000000 --gold-days 1,2,30,31
+
+`--gold-days` runs gold only on those days (the others build history through bronze and silver): a
+gold run then catches up every silver change since its last run, so day 31's run is comparable with
+day 2's, each a single day's changes.
 
 The landing zone and warehouse live under --root (default: a new temporary folder), never the
 project's own data/ folders.
@@ -37,10 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from", dest="first", type=date.fromisoformat, default=date(2019, 10, 1),
                         help="first event day (default 2019-10-01)")
     parser.add_argument("--root", type=Path, help="folder for the landing zone and warehouse (default: a temp folder)")
+    parser.add_argument("--gold-days", type=_day_numbers, metavar="N,N,...",
+                        help="run gold only on these days (1 = the first; default: every day)")
     parser.add_argument("--json", type=Path, help="also write the per-day figures to this JSON file")
     args = parser.parse_args(argv)
     if args.days < 2:
         parser.error("--days must be at least 2: day 1 builds the marts from nothing")
+    gold_days = set(args.gold_days or range(1, args.days + 1))
 
     root = args.root or Path(tempfile.mkdtemp(prefix="lakehouse-history-"))
     settings = Settings.from_env({"LAKEHOUSE_LANDING": str(root / "landing"),
@@ -65,27 +73,46 @@ def main(argv: list[str] | None = None) -> int:
                                   "--landing", str(settings.landing)])
         silver_path = settings.table_path("silver", EVENTS.name)
         before = spark.read.format("delta").load(silver_path).count() if index else 0
-        seconds = {}
-        for layer, run in (("bronze", run_bronze), ("silver", run_silver), ("gold", run_gold)):
+        seconds = {"gold": None}
+        result = []
+        layers = (("bronze", run_bronze), ("silver", run_silver)) + ((("gold", run_gold),)
+                                                                     if index + 1 in gold_days else ())
+        for layer, run in layers:
             started = time.perf_counter()
             result = run(spark, settings, EVENTS, day, f"history-{layer}-{day}")
             seconds[layer] = time.perf_counter() - started
-        keys = sum(mart.keys or 0 for mart in result)
+        keys = sum(mart.keys or 0 for mart in result) if seconds["gold"] is not None else None
         figures.append({"day": index + 1, "date": day.isoformat(), "silver_rows_before": before,
-                        **{f"{layer}_seconds": round(value, 2) for layer, value in seconds.items()},
-                        "gold_keys": keys, "gold_marts": [asdict(mart) for mart in result]})
-        print(f"{index + 1:>3} {day} {before:>18,} {seconds['bronze']:>8.1f} {seconds['silver']:>8.1f} "
-              f"{seconds['gold']:>7.1f} {keys:>9,}", flush=True)
+                        **{f"{layer}_seconds": None if value is None else round(value, 2)
+                           for layer, value in seconds.items()},
+                        "gold_keys": keys, "gold_marts": [asdict(mart) for mart in result] if keys is not None else []})
+        gold = "-" if keys is None else f"{seconds['gold']:>7.1f} {keys:>9,}"
+        print(f"{index + 1:>3} {day} {before:>18,} {seconds['bronze']:>8.1f} {seconds['silver']:>8.1f} {gold:>17}",
+              flush=True)
 
     second = figures[1]
     print("\nday N / day 2 (seconds):")
     for figure in figures[2:]:
-        ratios = "  ".join(f"{layer} {figure[f'{layer}_seconds'] / max(second[f'{layer}_seconds'], 1e-9):.2f}"
+        ratios = "  ".join(f"{layer} {_ratio(figure[f'{layer}_seconds'], second[f'{layer}_seconds'])}"
                            for layer in ("bronze", "silver", "gold"))
         print(f"  day {figure['day']:>2}: {ratios}")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2, default=str))
     return 0
+
+
+def _day_numbers(text: str) -> list[int]:
+    try:
+        numbers = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected day numbers separated by commas, got {text!r}") from None
+    if not numbers or min(numbers) < 1:
+        raise argparse.ArgumentTypeError(f"day numbers start at 1, got {text!r}")
+    return numbers
+
+
+def _ratio(value: float | None, reference: float | None) -> str:
+    return "-" if value is None or not reference else f"{value / reference:.2f}"
 
 
 if __name__ == "__main__":

@@ -6,6 +6,14 @@ depend on the whole mart (RFM quintiles, revenue shares, recency as of the lates
 also have `Mart.finish`, applied to the whole, already aggregated table. Amounts are rounded once,
 at the end, half up: revenue to cents, shares to 6 places, rates to 4.
 
+Two events marts keyed by entity (`product_conversion`, `user_engagement`) aggregate a daily rollup
+instead of raw silver: partial aggregates per event date and product, or per event date, user and
+session, each an exact function of that event date's silver rows. The gold job recomputes the
+rollup rows of the event dates a run touches from silver, then the touched products and users from
+their rollup rows, so a day's cost does not include re-reading every event of a user's history.
+The partials are exact (decimal sums, counts, extremes, and sessions kept by id, so a session seen
+on two dates counts once): aggregating the rollup gives what aggregating silver gives.
+
 Orders marts count purchases: non-cancelled silver order lines (cancellations are returns).
 Events marts count events by `event_type`; revenue is the price of `purchase` events.
 """
@@ -70,11 +78,6 @@ def _ratio(numerator: Column, denominator: Column, type_: str, places: int) -> C
 
 def _count_of(event_type: str) -> Column:
     return F.count_if(F.col("event_type") == event_type).cast("long")
-
-
-def _latest(column: str) -> Column:
-    """The last non-empty value of `column` in event time (the greater value on a tie)."""
-    return F.max(F.when(F.col(column).isNotNull(), F.struct("event_ts", column)))[column]
 
 
 def _purchases(orders: DataFrame) -> DataFrame:
@@ -182,30 +185,59 @@ def funnel_daily(events: DataFrame) -> DataFrame:
             .select(*FUNNEL_DAILY_COLUMNS))
 
 
-def product_conversion(events: DataFrame) -> DataFrame:
-    """Per product: its latest known brand and category, views, carts, purchases, revenue, purchases per view."""
-    return (events.groupBy("product_id")
-            .agg(_latest("brand").alias("brand"), _latest("category_id").alias("category_id"),
-                 _latest("category_code").alias("category_code"),
+def _purchase_value() -> Column:
+    """The exact (unrounded) price total of purchase events; null when there are none."""
+    return F.sum(F.when(F.col("event_type") == "purchase", F.col("price")))
+
+
+def _seen(column: str) -> Column:
+    """(event time, value) of the last non-empty `column` in event time, the greater value on a tie; the max
+    of these over partials is the max over their rows, so `max(...)[column]` is the latest value overall."""
+    return F.max(F.when(F.col(column).isNotNull(), F.struct("event_ts", column)))
+
+
+def product_events_daily(events: DataFrame) -> DataFrame:
+    """Rollup per event date and product: counts by type, exact purchase value, latest brand and category."""
+    return (events.groupBy("event_date", "product_id")
+            .agg(_seen("brand").alias("brand_seen"), _seen("category_id").alias("category_id_seen"),
+                 _seen("category_code").alias("category_code_seen"),
                  _count_of("view").alias("views"), _count_of("cart").alias("carts"),
-                 _count_of("purchase").alias("purchases"),
-                 _money(F.sum(F.when(F.col("event_type") == "purchase", F.col("price")))).alias("revenue"))
+                 _count_of("purchase").alias("purchases"), _purchase_value().alias("purchase_value")))
+
+
+def product_conversion(rollup: DataFrame) -> DataFrame:
+    """Per product: its latest known brand and category, views, carts, purchases, revenue, purchases per view."""
+    return (rollup.groupBy("product_id")
+            .agg(F.max("brand_seen")["brand"].alias("brand"),
+                 F.max("category_id_seen")["category_id"].alias("category_id"),
+                 F.max("category_code_seen")["category_code"].alias("category_code"),
+                 F.sum("views").cast("long").alias("views"), F.sum("carts").cast("long").alias("carts"),
+                 F.sum("purchases").cast("long").alias("purchases"),
+                 _money(F.sum("purchase_value")).alias("revenue"))
             .withColumn("revenue", F.coalesce("revenue", F.lit(0).cast(MONEY_TYPE)))
             .withColumn("conversion_rate", _ratio(F.col("purchases"), F.col("views"), RATE_TYPE, 4))
             .select(*PRODUCT_CONVERSION_COLUMNS))
 
 
-def user_totals(events: DataFrame) -> DataFrame:
-    return (events.groupBy("user_id")
-            .agg(F.count_distinct("user_session").alias("sessions"), F.count(F.lit(1)).alias("events"),
-                 _count_of("purchase").alias("purchases"),
-                 _money(F.sum(F.when(F.col("event_type") == "purchase", F.col("price")))).alias("revenue"),
-                 F.min("event_ts").alias("first_seen"), F.max("event_ts").alias("last_seen"))
+def user_sessions_daily(events: DataFrame) -> DataFrame:
+    """Rollup per event date, user and session: events, purchases, exact purchase value, first and last event."""
+    return (events.groupBy("event_date", "user_id", "user_session")
+            .agg(F.count(F.lit(1)).alias("events"), _count_of("purchase").alias("purchases"),
+                 _purchase_value().alias("purchase_value"),
+                 F.min("event_ts").alias("first_seen"), F.max("event_ts").alias("last_seen")))
+
+
+def user_totals(rollup: DataFrame) -> DataFrame:
+    return (rollup.groupBy("user_id")
+            .agg(F.count_distinct("user_session").alias("sessions"), F.sum("events").cast("long").alias("events"),
+                 F.sum("purchases").cast("long").alias("purchases"), _money(F.sum("purchase_value")).alias("revenue"),
+                 F.min("first_seen").alias("first_seen"), F.max("last_seen").alias("last_seen"))
             .withColumn("revenue", F.coalesce("revenue", F.lit(0).cast(MONEY_TYPE))))
 
 
 def user_engagement(totals: DataFrame, events: DataFrame) -> DataFrame:
-    """Days since each user was last seen, as of the latest event date in silver."""
+    """Days since each user was last seen, as of the latest event date in silver (`events`: silver events or
+    their rollup, which has the same dates)."""
     as_of = events.agg(F.max("event_date").alias("as_of_date"))
     return (totals.crossJoin(as_of)
             .withColumn("days_since_last_seen", F.datediff("as_of_date", F.to_date("last_seen")))
@@ -222,14 +254,27 @@ def hourly_sales(events: DataFrame) -> DataFrame:
 
 
 @dataclass(frozen=True)
+class Rollup:
+    """Partial aggregates of a mart per silver date: `compute` of a date's silver rows gives that date's rows."""
+
+    table: str  # a gold table, partitioned by `date_column`
+    date_column: str  # a column of silver and of the rollup
+    compute: Callable[[DataFrame], DataFrame]
+
+
+@dataclass(frozen=True)
 class Mart:
     table: str
     source: str  # the silver table it is built from
-    keys: tuple[tuple[str, str], ...]  # (mart key column, the silver column it comes from)
+    # (mart key column, the silver column it comes from; a rollup has the silver column under the same name)
+    keys: tuple[tuple[str, str], ...]
     columns: tuple[str, ...]  # in table order
-    aggregate: Callable[[DataFrame], DataFrame]  # silver rows of some keys -> those keys' rows
-    # (all keys' aggregated rows, silver) -> the mart; None when `aggregate` gives the mart's rows as they are.
+    # the rows of some keys (silver's, or the rollup's when there is one) -> those keys' rows
+    aggregate: Callable[[DataFrame], DataFrame]
+    # (all keys' aggregated rows, all inputs: silver or the whole rollup) -> the mart; None when `aggregate`
+    # gives the mart's rows as they are.
     finish: Callable[[DataFrame, DataFrame], DataFrame] | None = None
+    rollup: Rollup | None = None
 
     @property
     def key_columns(self) -> tuple[str, ...]:
@@ -237,8 +282,12 @@ class Mart:
 
     def build(self, silver: DataFrame) -> DataFrame:
         """The whole mart from all of silver."""
-        rows = self.aggregate(silver)
-        return self.finish(rows, silver) if self.finish else rows
+        return self.build_from(self.rollup.compute(silver) if self.rollup else silver)
+
+    def build_from(self, inputs: DataFrame) -> DataFrame:
+        """The whole mart from all of its inputs (silver, or the whole rollup)."""
+        rows = self.aggregate(inputs)
+        return self.finish(rows, inputs) if self.finish else rows
 
 
 MARTS = (
@@ -250,9 +299,9 @@ MARTS = (
          product_totals, product_performance),
     Mart("funnel_daily", "events", (("event_date", "event_date"),), FUNNEL_DAILY_COLUMNS, funnel_daily),
     Mart("product_conversion", "events", (("product_id", "product_id"),), PRODUCT_CONVERSION_COLUMNS,
-         product_conversion),
+         product_conversion, rollup=Rollup("rollup_product_events", "event_date", product_events_daily)),
     Mart("user_engagement", "events", (("user_id", "user_id"),), USER_ENGAGEMENT_COLUMNS, user_totals,
-         user_engagement),
+         user_engagement, rollup=Rollup("rollup_user_sessions", "event_date", user_sessions_daily)),
     Mart("hourly_sales", "events", (("event_date", "event_date"), ("hour_of_day", "hour_of_day")),
          HOURLY_SALES_COLUMNS, hourly_sales),
 )
