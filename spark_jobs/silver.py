@@ -30,6 +30,11 @@ from spark_jobs.transforms.dimensions import DIMENSIONS
 
 log = logging.getLogger("lakehouse.silver")
 
+# Up to this many bronze rows decided in one run (a day of 1-2M events, or a few), the rows' fingerprints
+# are broadcast to the fingerprint index scan (~100 bytes each in the driver's memory); above it, say a
+# backfill that re-decides many later dates at once, the index is joined by a shuffle, which spills.
+BROADCAST_FINGERPRINTS = 3_000_000
+
 
 class AccountingError(RuntimeError):
     """Silver and quarantine rows of a date do not add up to its bronze rows."""
@@ -86,7 +91,8 @@ def run_silver(spark, settings: Settings, source: Source, ingestion_date: date, 
     if later:
         rows = day.unionByName(fingerprint(source, classify(source, bronze.where(F.col("_ingestion_date").isin(*later)))))
     bronze_rows = dict(rows.groupBy("_ingestion_date").count().collect())
-    kept, rejected = split_duplicates(source, rows, index, run_id)
+    kept, rejected = split_duplicates(source, rows, index, run_id,
+                                      broadcast=sum(bronze_rows.values()) <= BROADCAST_FINGERPRINTS)
     # The silver and quarantine counts come from the writes themselves: no extra pass over the tables.
     kept_counts, rejected_counts = Observation(), Observation()
     per_date = [F.count_if(F.col("_ingestion_date") == F.lit(current)).alias(current.isoformat()) for current in dates]

@@ -84,6 +84,10 @@ def test_in_order_and_reverse_order_give_the_same_tables(spark, delivered):
 
 
 @pytest.mark.slow
-def test_out_of_order_with_a_rerun_gives_the_same_tables(spark, delivered):
+def test_out_of_order_with_a_rerun_gives_the_same_tables(spark, delivered, monkeypatch):
     lakehouse, days = delivered
-    assert build(spark, lakehouse, [days[1], days[2], days[0], days[0]]) == build(spark, lakehouse, days)
+    in_order = build(spark, lakehouse, days)
+    # Past the broadcast limit (a backfill re-deciding many large dates) the fingerprint index is joined by
+    # a shuffle instead: same decisions.
+    monkeypatch.setattr("spark_jobs.silver.BROADCAST_FINGERPRINTS", 0)
+    assert build(spark, lakehouse, [days[1], days[2], days[0], days[0]]) == in_order

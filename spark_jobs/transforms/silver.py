@@ -204,17 +204,25 @@ def fingerprint(source, rows: DataFrame) -> DataFrame:
     return rows.withColumn("_fingerprint", F.sha2(F.concat_ws("\u0001", *fields), 256))
 
 
-def split_duplicates(source, rows: DataFrame, index: DataFrame, run_id: str) -> tuple[DataFrame, DataFrame]:
+def split_duplicates(source, rows: DataFrame, index: DataFrame, run_id: str,
+                     broadcast: bool = False) -> tuple[DataFrame, DataFrame]:
     """(silver rows, quarantine rows) of one or more ingestion dates.
 
     `rows` are classified and fingerprinted bronze rows; `index` the fingerprints of passing rows of every
     date, these included. A passing row is a duplicate when an earlier date holds the same fields (the
     earliest date keeps its copy), or when it is a second copy within its own date.
+
+    The index holds every passing row ever delivered, so it is narrowed to these rows' fingerprints before
+    the earliest date of each is looked up: the aggregate is the size of the dates being decided, not of
+    history. With `broadcast` (the caller knows the rows fit in memory: a day or a few) their fingerprints
+    are shipped to the index scan, which then is a filter, with no shuffle of the index.
     """
     from pyspark.sql import Window
 
-    owners = index.groupBy("fingerprint").agg(F.min("_ingestion_date").alias("_first_on"))
     passing = rows.where(F.col("_rule").isNull())
+    wanted = passing.select(F.col("_fingerprint").alias("fingerprint")).distinct()
+    owners = (index.join(F.broadcast(wanted) if broadcast else wanted, "fingerprint", "left_semi")
+              .groupBy("fingerprint").agg(F.min("_ingestion_date").alias("_first_on")))
     copies = Window.partitionBy("_ingestion_date", "_fingerprint").orderBy("_source_file")
     marked = (passing.join(owners, passing["_fingerprint"] == owners["fingerprint"], "left")
               .withColumn("_kept_on", F.when(F.col("_first_on") < F.col("_ingestion_date"), F.col("_first_on")))
