@@ -2,8 +2,10 @@
 
     spark-submit spark_jobs/bronze.py --source orders --ingestion-date 2010-12-01
 
-Every data line of every delivered file becomes exactly one row; the job checks that count against
-the files before it finishes, and records the files it ingested in `bronze/ingested_files`.
+Every data line of every delivered file becomes exactly one row. The rows are validated (suite
+`bronze.<source>`: as many rows as delivered data lines) with the delivery's manifest (suite
+`bronze.ingested_files`) before anything is written; then the date is replaced in `bronze/<source>`
+and its files recorded in `bronze/ingested_files`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 if __package__ in (None, "") and "__file__" in globals():
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from expectations.gate import Check, GateFailed, audit
 from include.config import INGESTED_FILES_TABLE, Settings
 from include.landing import DeliveredFile, DeliveryError, inspect_file, list_delivery
 from include.sources import Source
@@ -31,10 +34,6 @@ log = logging.getLogger("lakehouse.bronze")
 # Bronze is read a whole ingestion date at a time, never searched by value: per-column min/max
 # statistics would only slow every write (they doubled the write time of a 1M-line day).
 BRONZE_TABLE_PROPERTIES = {"delta.dataSkippingNumIndexedCols": "0"}
-
-
-class AccountingError(RuntimeError):
-    """Bronze rows do not match the delivered data lines."""
 
 
 @dataclass(frozen=True)
@@ -75,8 +74,18 @@ def run_bronze(spark, settings: Settings, source: Source, ingestion_date: date, 
     ingested_at = datetime.now(timezone.utc)
     lines = _read_lines(spark, delivered)
     bronze = add_ingestion_metadata(parse_lines(lines, source), source, ingestion_date, ingested_at, run_id)
+    manifest = _manifest(spark, source, ingestion_date, delivered, ingested_at, run_id)
+
+    # Audit, then publish: the date's rows are staged in memory and validated (one row per delivered
+    # data line, every file's header the source's layout); only then are bronze and the manifest written.
+    staged = bronze.cache() if settings.gates else bronze
+    audit(spark, settings, "bronze", source.name, ingestion_date, [
+        Check(source.name, staged, parameters={"delivered_lines": expected_rows}),
+        Check("ingested_files", manifest, parameters={"delivered_files": len(delivered), "layout": [source.header]}),
+    ])
+    audited = time.monotonic()
     observation = Observation(f"bronze_{source.name}")
-    bronze = bronze.observe(
+    bronze = staged.observe(
         observation,
         F.count(F.lit(1)).alias("rows"),
         F.count_if(F.col("_is_malformed")).alias("malformed"),
@@ -85,16 +94,12 @@ def run_bronze(spark, settings: Settings, source: Source, ingestion_date: date, 
     replace_partition(bronze, table, f"_ingestion_date = '{ingestion_date.isoformat()}'", ["_ingestion_date"],
                       BRONZE_TABLE_PROPERTIES)
     metrics = observation.get
+    staged.unpersist()
     written = time.monotonic()
-
-    # The count comes from the write itself (no second pass over the data), so a mismatch is found
-    # after the commit; it fails the task, and the next run of the date replaces what was written.
-    if metrics["rows"] != expected_rows:
-        raise AccountingError(
-            f"bronze {source.name} {ingestion_date}: wrote {metrics['rows']:,} rows but the delivery holds "
-            f"{expected_rows:,} data lines"
-        )
-    _record_ingested_files(spark, settings, source, ingestion_date, delivered, ingested_at, run_id)
+    _warn_about_repeated_files(spark, settings, source, ingestion_date, delivered)
+    replace_partition(manifest, settings.table_path(*INGESTED_FILES_TABLE),
+                      f"source = '{source.name}' AND ingestion_date = '{ingestion_date.isoformat()}'", ["source"],
+                      merge_schema=True)
     result = BronzeResult(
         source=source.name,
         ingestion_date=ingestion_date,
@@ -109,9 +114,9 @@ def run_bronze(spark, settings: Settings, source: Source, ingestion_date: date, 
         result.source, result.ingestion_date, f"{result.rows:,}", f"{result.malformed_rows:,}",
         result.files, result.seconds, result.table,
     )
-    log.info("bronze %s %s: %.1f s checking files, %.1f s parsing and writing, %.1f s recording the files",
-             result.source, result.ingestion_date, inspected - started, written - inspected,
-             time.monotonic() - written)
+    log.info("bronze %s %s: %.1f s checking files, %.1f s parsing and validating, %.1f s writing, "
+             "%.1f s recording the files", result.source, result.ingestion_date, inspected - started,
+             audited - inspected, written - audited, time.monotonic() - written)
     return result
 
 
@@ -141,15 +146,25 @@ def _literal_path(path: Path) -> str:
     return "".join(f"\\{char}" if char in "[]{}*?\\" else char for char in str(path))
 
 
-def _record_ingested_files(spark, settings, source, ingestion_date, delivered, ingested_at, run_id) -> None:
-    """Replace this date's entries in the manifest; warn about files already ingested for another date."""
+def _manifest(spark, source, ingestion_date, delivered, ingested_at, run_id):
+    """The date's entries of `bronze/ingested_files`: one row per delivered file, with its header line."""
+    schema = (
+        "source STRING, ingestion_date DATE, file STRING, path STRING, size_bytes BIGINT, sha256 STRING, "
+        "data_lines BIGINT, ingested_at TIMESTAMP, run_id STRING, header STRING"
+    )
+    rows = [
+        (source.name, ingestion_date, item.relative_path, str(item.path), item.size_bytes, item.sha256,
+         item.data_lines, ingested_at, run_id, item.header_line)
+        for item in delivered
+    ]
+    return spark.createDataFrame(rows, schema)
+
+
+def _warn_about_repeated_files(spark, settings, source, ingestion_date, delivered) -> None:
+    """Warn about files already ingested for another date, or twice in this delivery."""
     from pyspark.sql import functions as F
 
     path = settings.table_path(*INGESTED_FILES_TABLE)
-    schema = (
-        "source STRING, ingestion_date DATE, file STRING, path STRING, size_bytes BIGINT, sha256 STRING, "
-        "data_lines BIGINT, ingested_at TIMESTAMP, run_id STRING"
-    )
     checksums = [item.sha256 for item in delivered]
     seen = {}
     if checksums and _is_delta_table(spark, path):
@@ -171,15 +186,6 @@ def _record_ingested_files(spark, settings, source, ingestion_date, delivered, i
                         item.relative_path, item.sha256[:12], first_in_delivery[item.sha256])
         first_in_delivery.setdefault(item.sha256, item.relative_path)
 
-    rows = [
-        (source.name, ingestion_date, item.relative_path, str(item.path), item.size_bytes, item.sha256,
-         item.data_lines, ingested_at, run_id)
-        for item in delivered
-    ]
-    manifest = spark.createDataFrame(rows, schema)
-    predicate = f"source = '{source.name}' AND ingestion_date = '{ingestion_date.isoformat()}'"
-    replace_partition(manifest, path, predicate, ["source"])
-
 
 def _is_delta_table(spark, path: str) -> bool:
     from delta.tables import DeltaTable
@@ -189,7 +195,7 @@ def _is_delta_table(spark, path: str) -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     run_layer_job("bronze", "Load one source's delivery for one ingestion date into bronze.", run_bronze, argv,
-                  expected_errors=(DeliveryError,))
+                  expected_errors=(DeliveryError, GateFailed))
 
 
 if __name__ == "__main__":

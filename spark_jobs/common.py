@@ -42,6 +42,8 @@ def configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stdout, force=True)
     # py4j logs every gateway call at INFO.
     logging.getLogger("py4j").setLevel(logging.WARNING)
+    # GX narrates every metric and config load at INFO; the gate logs its own summary.
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
 
 
 def run_layer_job(layer: str, description: str, run, argv: list[str] | None = None,
@@ -71,13 +73,17 @@ def run_layer_job(layer: str, description: str, run, argv: list[str] | None = No
 
 
 def replace_partition(
-    frame, path: str, predicate: str, partition_by: list[str], table_properties: dict[str, str] | None = None
+    frame, path: str, predicate: str, partition_by: list[str], table_properties: dict[str, str] | None = None,
+    merge_schema: bool = False,
 ) -> None:
     """Replace the rows matching `predicate` with `frame` in one Delta commit.
 
-    `table_properties` (`delta.*` keys) are set when the write creates the table.
+    `table_properties` (`delta.*` keys) are set when the write creates the table; `merge_schema` adds
+    columns the frame has and the table does not yet (older rows read them as null).
     """
     writer = frame.write.format("delta").mode("overwrite").option("replaceWhere", predicate)
+    if merge_schema:
+        writer = writer.option("mergeSchema", "true")
     for key, value in (table_properties or {}).items():
         writer = writer.option(key, value)
     writer.partitionBy(*partition_by).save(path)

@@ -23,6 +23,7 @@ from pathlib import Path
 if __package__ in (None, "") and "__file__" in globals():
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from expectations.gate import Check, GateFailed, audit
 from include.config import Settings
 from include.sources import Source
 from spark_jobs.common import replace_partition, run_layer_job
@@ -36,10 +37,6 @@ log = logging.getLogger("lakehouse.silver")
 BROADCAST_FINGERPRINTS = 3_000_000
 
 
-class AccountingError(RuntimeError):
-    """Silver and quarantine rows of a date do not add up to its bronze rows."""
-
-
 @dataclass(frozen=True)
 class SilverResult:
     source: str
@@ -51,7 +48,6 @@ class SilverResult:
 
 def run_silver(spark, settings: Settings, source: Source, ingestion_date: date, run_id: str) -> SilverResult:
     from delta.tables import DeltaTable
-    from pyspark.sql import Observation
     from pyspark.sql import functions as F
 
     from spark_jobs.transforms.silver import classify, fingerprint, split_duplicates
@@ -93,28 +89,42 @@ def run_silver(spark, settings: Settings, source: Source, ingestion_date: date, 
     bronze_rows = dict(rows.groupBy("_ingestion_date").count().collect())
     kept, rejected = split_duplicates(source, rows, index, run_id,
                                       broadcast=sum(bronze_rows.values()) <= BROADCAST_FINGERPRINTS)
-    # The silver and quarantine counts come from the writes themselves: no extra pass over the tables.
-    kept_counts, rejected_counts = Observation(), Observation()
-    per_date = [F.count_if(F.col("_ingestion_date") == F.lit(current)).alias(current.isoformat()) for current in dates]
+
+    # 4. Audit, then publish: the dates' silver and quarantine rows (and, for orders, the dimensions'
+    # history rebuilt from all silver orders as they will stand) are staged in memory and validated;
+    # only if every suite passes are they written, so a refused date leaves every table as it was.
+    kept, rejected = kept.cache(), rejected.cache()
+    staged = {"bronze_rows_by_date": spark.createDataFrame(
+                  [(current, bronze_rows.get(current, 0), settings.max_quarantine_share[source.name])
+                   for current in dates],
+                  "_ingestion_date DATE, bronze_rows BIGINT, max_quarantine_share DOUBLE"),
+              "staged_quarantine": rejected}
+    dimensions = []
+    if source.name == "orders":
+        orders = kept
+        if DeltaTable.isDeltaTable(spark, settings.table_path("silver", "orders")):
+            orders = (spark.read.format("delta").load(settings.table_path("silver", "orders"))
+                      .where(~F.col("_ingestion_date").isin(*dates)).unionByName(kept))
+        dimensions = [(dimension, dimension.versions(orders).cache()) for dimension in DIMENSIONS]
+        staged.update({f"staged_{dimension.table}": frame for dimension, frame in dimensions})
+    audit(spark, settings, "silver", source.name, ingestion_date, [
+        Check(source.name, kept, views=staged),
+        Check("quarantine", rejected, parameters={"source": [source.name]}, views=staged),
+        *(Check(dimension.table, frame, views=staged) for dimension, frame in dimensions),
+    ])
     on_dates = f"_ingestion_date IN ({', '.join(repr(current.isoformat()) for current in dates)})"
     # The change feed tells the gold job which rows each run inserted and removed.
-    replace_partition(kept.observe(kept_counts, *per_date), settings.table_path("silver", source.name),
-                      on_dates, ["_ingestion_date"], {"delta.enableChangeDataFeed": "true"})
-    replace_partition(rejected.observe(rejected_counts, *per_date), settings.table_path("silver", "quarantine"),
+    replace_partition(kept, settings.table_path("silver", source.name), on_dates, ["_ingestion_date"],
+                      {"delta.enableChangeDataFeed": "true"})
+    replace_partition(rejected, settings.table_path("silver", "quarantine"),
                       f"source = '{source.name}' AND {on_dates}", ["source", "_ingestion_date"])
-    for current in dates:
-        _account(source, current, bronze_rows.get(current, 0), kept_counts.get[current.isoformat()],
-                 rejected_counts.get[current.isoformat()])
-    silver_rows, quarantined = kept_counts.get[ingestion_date.isoformat()], rejected_counts.get[ingestion_date.isoformat()]
-    day.unpersist()
-
-    # 4. The dimensions' history, rebuilt from all silver orders (a few thousand keys): whatever the
-    # order dates arrive in, it is the history of the silver rows as they stand.
-    if source.name == "orders":
-        orders = spark.read.format("delta").load(settings.table_path("silver", "orders"))
-        for dimension in DIMENSIONS:
-            dimension.versions(orders).write.format("delta").mode("overwrite").save(
-                settings.table_path("silver", dimension.table))
+    for dimension, frame in dimensions:
+        frame.write.format("delta").mode("overwrite").save(settings.table_path("silver", dimension.table))
+    kept_counts = dict(kept.groupBy("_ingestion_date").count().collect())
+    rejected_counts = dict(rejected.groupBy("_ingestion_date").count().collect())
+    silver_rows, quarantined = kept_counts.get(ingestion_date, 0), rejected_counts.get(ingestion_date, 0)
+    for frame in (day, kept, rejected, *(frame for _, frame in dimensions)):
+        frame.unpersist()
     result = SilverResult(source.name, dates, silver_rows, quarantined, time.monotonic() - started)
     log.info("silver %s %s: %s rows kept, %s quarantined in %.1f s%s", source.name, ingestion_date,
              f"{silver_rows:,}", f"{quarantined:,}", result.seconds,
@@ -122,17 +132,9 @@ def run_silver(spark, settings: Settings, source: Source, ingestion_date: date, 
     return result
 
 
-def _account(source: Source, current: date, bronze_rows: int, silver_rows: int, quarantined: int) -> None:
-    """Bronze rows of the date = silver rows + quarantined rows, or the job fails with the numbers."""
-    if bronze_rows != silver_rows + quarantined:
-        raise AccountingError(
-            f"silver {source.name} {current}: bronze holds {bronze_rows:,} rows but silver {silver_rows:,} and "
-            f"quarantine {quarantined:,} ({silver_rows + quarantined:,})"
-        )
-
-
 def main(argv: list[str] | None = None) -> None:
-    run_layer_job("silver", "Clean one source's bronze rows for one ingestion date into silver.", run_silver, argv)
+    run_layer_job("silver", "Clean one source's bronze rows for one ingestion date into silver.", run_silver, argv,
+                  expected_errors=(GateFailed,))
 
 
 if __name__ == "__main__":

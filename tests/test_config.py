@@ -46,8 +46,11 @@ def test_relative_paths_are_resolved(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("env, message", [
     ({"LAKEHOUSE_RUNTIME": "kubernetes"}, "LAKEHOUSE_RUNTIME='kubernetes'"),
-    ({"LAKEHOUSE_SHUFFLE_PARTITIONS": "many"}, "bad Spark setting"),
+    ({"LAKEHOUSE_SHUFFLE_PARTITIONS": "many"}, "bad setting"),
     ({"LAKEHOUSE_SPARK_UI": "perhaps"}, "expected true or false"),
+    ({"LAKEHOUSE_GATES": "sometimes"}, "expected true or false"),
+    ({"LAKEHOUSE_MAX_QUARANTINE_SHARE_EVENTS": "1.5"}, "LAKEHOUSE_MAX_QUARANTINE_SHARE_EVENTS='1.5': expected a share"),
+    ({"LAKEHOUSE_MAX_QUARANTINE_SHARE_ORDERS": "half"}, "LAKEHOUSE_MAX_QUARANTINE_SHARE_ORDERS='half': expected a share"),
 ])
 def test_bad_settings_are_named(env, message):
     with pytest.raises(ValueError, match=message):
@@ -62,3 +65,15 @@ def test_unknown_layer_is_refused():
 def test_landing_date_must_be_a_real_date():
     with pytest.raises(ValueError):
         Settings.from_env({}).landing_dir("orders", "2010-13-01")
+
+
+def test_quality_folders_follow_the_warehouse_unless_set(tmp_path):
+    settings = Settings.from_env({"LAKEHOUSE_WAREHOUSE": str(tmp_path / "data" / "warehouse")})
+    assert settings.gx_root == tmp_path / "data"
+    assert settings.data_docs == tmp_path / "data" / "data-docs"
+    assert settings.gates is True
+    assert settings.max_quarantine_share == {"orders": 0.10, "events": 0.05}
+    moved = Settings.from_env({"LAKEHOUSE_GX_ROOT": str(tmp_path / "gx"), "LAKEHOUSE_DATA_DOCS": str(tmp_path / "site"),
+                               "LAKEHOUSE_MAX_QUARANTINE_SHARE_EVENTS": "0.3"})
+    assert (moved.gx_root, moved.data_docs) == (tmp_path / "gx", tmp_path / "site")
+    assert moved.max_quarantine_share["events"] == 0.3

@@ -1,0 +1,281 @@
+"""Write-audit-publish: a layer's output for a date is validated with GX before it is written.
+
+A layer job computes its output frames, caches them, and hands them to `audit()` with the batch-level
+figures the suites compare them to (the delivered data lines, the bronze rows of the date, ...). Each
+frame is validated against the suite `<layer>.<table>` (`expectations/<layer>.<table>.yml`) by its own
+GX checkpoint; every result is stored in the GX project and rendered into the Data Docs site. Only
+when every suite passes does the job write its tables; otherwise `GateFailed` carries one readable
+summary (expectation, observed value, sample rows, the Data Docs page) and the published tables keep
+their previous Delta version.
+
+The GX project (`<LAKEHOUSE_GX_ROOT>/gx`) is brought up to date from the suite files under a file
+lock at the start of each audit, so jobs of different layers and dates can validate side by side.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import re
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import yaml
+
+SUITES_DIR = Path(__file__).resolve().parent
+DATASOURCE = "lakehouse"
+BATCH_DEFINITION = "output of the run"
+SITE_NAME = "lakehouse"
+# Unexpected values and rows shown per failed expectation, in Data Docs and in the task log.
+SAMPLE_ROWS = 20
+RESULT_FORMAT = "SUMMARY"
+
+log = logging.getLogger("lakehouse.gate")
+
+
+class GateFailed(RuntimeError):
+    """A layer's output for a date broke its expectations: not published, and not worth retrying."""
+
+
+class SuiteError(ValueError):
+    """A suite file that cannot be read as a suite."""
+
+
+@dataclass(frozen=True)
+class Check:
+    """One output frame to validate against the suite of `layer.table`.
+
+    `parameters` fill the suite's `$PARAMETER` references; `views` are other frames the suite's SQL
+    checks read by name (staged dimensions, the silver rows a mart is reconciled with).
+    """
+
+    table: str
+    frame: Any
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    views: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    suite: str
+    success: bool
+    evaluated: int
+    failed: list[str]
+    page: str
+    seconds: float
+
+
+def suite_names() -> list[str]:
+    return sorted(path.name[: -len(".yml")] for path in SUITES_DIR.glob("*.yml"))
+
+
+def load_suite(name: str):
+    """The GX suite written in `expectations/<name>.yml`.
+
+    The file lists expectations as `- <expectation_type>: {kwargs}` (GX's snake_case names) or
+    `- unexpected_rows: {description, query}` for SQL checks over `{batch}`; `notes` is kept for Data Docs.
+    """
+    import great_expectations as gx
+
+    path = SUITES_DIR / f"{name}.yml"
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise SuiteError(f"cannot read suite {name}: {error}") from None
+    if not isinstance(spec, dict) or spec.get("suite") != name or not isinstance(spec.get("expectations"), list):
+        raise SuiteError(f"{path}: expected `suite: {name}` and a list under `expectations`")
+    expectations = []
+    for position, entry in enumerate(spec["expectations"], 1):
+        if not isinstance(entry, dict) or len(entry) != 1:
+            raise SuiteError(f"{path}: expectation {position} must be one `type: {{arguments}}` mapping")
+        ((kind, arguments),) = entry.items()
+        arguments = dict(arguments or {})
+        if kind == "unexpected_rows":
+            arguments["unexpected_rows_query"] = arguments.pop("query", None)
+            expectations.append(gx.expectations.UnexpectedRowsExpectation(**arguments))
+            continue
+        class_name = "".join(part.capitalize() for part in kind.split("_"))
+        expectation_class = getattr(gx.expectations, class_name, None)
+        if expectation_class is None or not kind.startswith("expect_"):
+            raise SuiteError(f"{path}: expectation {position}: GX has no expectation {kind!r}")
+        try:
+            expectations.append(expectation_class(**arguments))
+        except Exception as error:  # pydantic names the bad argument
+            raise SuiteError(f"{path}: expectation {position} ({kind}): {error}") from None
+    return gx.ExpectationSuite(name=name, expectations=expectations, notes=spec.get("notes"))
+
+
+@contextlib.contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lakehouse-gx.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _site_config(data_docs: Path) -> dict:
+    return {
+        "class_name": "SiteBuilder",
+        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(data_docs)},
+    }
+
+
+def project(settings):
+    """The GX file project of this lakehouse, with its Data Docs site where the settings put it."""
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="file", project_root_dir=str(settings.gx_root))
+    sites = context.variables.data_docs_sites or {}
+    wanted = _site_config(settings.data_docs)
+    if sites.get(SITE_NAME) != wanted:
+        if SITE_NAME in sites:
+            context.update_data_docs_site(SITE_NAME, wanted)
+        else:
+            context.add_data_docs_site(SITE_NAME, wanted)
+    if "local_site" in sites:  # GX's default site: everything goes to ours
+        context.delete_data_docs_site("local_site")
+    bars = context.variables.progress_bars  # read back from the file, a dict
+    if (bars.get("globally") if isinstance(bars, dict) else getattr(bars, "globally", None)) is not False:
+        context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+        context.variables.save()
+    return context
+
+
+def _checkpoint(context, layer: str, table: str):
+    """Datasource asset, batch definition, suite, validation definition and checkpoint of one table, as
+    the suite file says now."""
+    import great_expectations as gx
+    from great_expectations.checkpoint import Checkpoint
+
+    name = f"{layer}.{table}"
+    try:
+        datasource = context.data_sources.get(DATASOURCE)
+    except (KeyError, ValueError, LookupError):
+        datasource = context.data_sources.add_spark(DATASOURCE)
+    try:
+        asset = datasource.get_asset(name)
+    except LookupError:
+        asset = datasource.add_dataframe_asset(name)
+    try:
+        batch = asset.get_batch_definition(BATCH_DEFINITION)
+    except (KeyError, LookupError):
+        batch = asset.add_batch_definition_whole_dataframe(BATCH_DEFINITION)
+    suite = context.suites.add_or_update(load_suite(name))
+    validation = context.validation_definitions.add_or_update(
+        gx.ValidationDefinition(name=name, data=batch, suite=suite))
+    return context.checkpoints.add_or_update(Checkpoint(
+        name=name,
+        validation_definitions=[validation],
+        actions=[],
+        result_format={"result_format": RESULT_FORMAT, "partial_unexpected_count": SAMPLE_ROWS},
+    ))
+
+
+def audit(spark, settings, layer: str, source: str, ingestion_date: date, checks: list[Check]) -> list[Outcome]:
+    """Validate every check's frame; raise `GateFailed` with the readable summary if any expectation failed.
+
+    The frames should be cached by the caller, who writes them afterwards: the expectations of a suite
+    then read memory, not the plan that built the frame.
+    """
+    if not settings.gates:
+        log.warning("gates are off (LAKEHOUSE_GATES=false): %s %s %s published without validation",
+                    layer, source, ingestion_date)
+        return []
+    from great_expectations.core.run_identifier import RunIdentifier
+
+    run_time = datetime.now(timezone.utc)
+    run_name = f"{ingestion_date.isoformat()}.{layer}.{source}"  # the Data Docs index sorts and filters on it
+    with _locked(settings.gx_root):
+        context = project(settings)
+        checkpoints = [_checkpoint(context, layer, check.table) for check in checks]
+    outcomes, results = [], []
+    for check, checkpoint in zip(checks, checkpoints):
+        started = time.monotonic()
+        for view, frame in check.views.items():
+            frame.createOrReplaceTempView(view)
+        result = checkpoint.run(batch_parameters={"dataframe": check.frame},
+                                expectation_parameters=dict(check.parameters),
+                                run_id=RunIdentifier(run_name=run_name, run_time=run_time))
+        ((key, validation),) = result.run_results.items()
+        results.append((check, key, validation, time.monotonic() - started))
+    with _locked(settings.gx_root):
+        context = project(settings)
+        context.build_data_docs(site_names=[SITE_NAME], resource_identifiers=[key for _, key, _, _ in results])
+        for check, key, validation, seconds in results:
+            (page,) = context.get_docs_sites_urls(resource_identifier=key, site_name=SITE_NAME) or [{}]
+            failed = [_describe(item, _sample(spark, check, item)) for item in validation.results if not item.success]
+            outcomes.append(Outcome(f"{layer}.{check.table}", validation.success, len(validation.results),
+                                    failed, _file_path(page.get("site_url", "")), seconds))
+    for outcome in outcomes:
+        log.info("gate %s %s: %s, %d expectations in %.1f s; Data Docs page: %s", outcome.suite, ingestion_date,
+                 "passed" if outcome.success else f"FAILED {len(outcome.failed)}", outcome.evaluated,
+                 outcome.seconds, outcome.page)
+    broken = [outcome for outcome in outcomes if not outcome.success]
+    if broken:
+        lines = [f"{layer} {source} {ingestion_date} not published: {len(broken)} of {len(outcomes)} "
+                 f"suite(s) failed"]
+        for outcome in broken:
+            lines.append(f"- {outcome.suite} ({len(outcome.failed)} of {outcome.evaluated} expectations failed; "
+                         f"Data Docs: {outcome.page})")
+            lines.extend(f"    {text}" for text in outcome.failed)
+        raise GateFailed("\n".join(lines))
+    return outcomes
+
+
+def _file_path(url: str) -> str:
+    url = url or ""
+    return unquote(url[len("file://"):]) if url.startswith("file://") else url
+
+
+def _sample(spark, check: Check, item) -> list[dict]:
+    """A few of the rows a failed SQL check found (GX keeps only their count below result format COMPLETE)."""
+    query = (item.expectation_config.kwargs or {}).get("unexpected_rows_query")
+    if not query:
+        return []
+    for view, frame in check.views.items():
+        frame.createOrReplaceTempView(view)
+    check.frame.createOrReplaceTempView("gate_batch")
+    try:
+        return [row.asDict() for row in spark.sql(query.replace("{batch}", "gate_batch")).limit(5).collect()]
+    except Exception as error:  # the check itself already failed; the sample is a courtesy
+        log.warning("could not sample the rows of %r: %s", item.expectation_config.description, error)
+        return []
+
+
+def _describe(item, rows: list[dict]) -> str:
+    """One failed expectation as a line: what it expects, what was observed, a few offending values."""
+    config = item.expectation_config
+    arguments = {name: value for name, value in (config.kwargs or {}).items()
+                 if name not in ("batch_id", "result_format", "unexpected_rows_query")}
+    label = config.description or config.type
+    text = f"{label} {_short(arguments)}" if arguments and not config.description else label
+    result = item.result or {}
+    parts = []
+    if "observed_value" in result:
+        parts.append(f"observed {_short(result['observed_value'])}")
+    if result.get("unexpected_count"):
+        share = result.get("unexpected_percent")
+        parts.append(f"{result['unexpected_count']:,} unexpected"
+                     + (f" ({share:.2f}%)" if isinstance(share, (int, float)) else ""))
+    sample = result.get("partial_unexpected_list") or rows
+    if sample:
+        parts.append(f"e.g. {_short(sample[:5])}")
+    if item.exception_info and item.exception_info.get("raised_exception"):
+        parts.append(f"error: {item.exception_info.get('exception_message')}")
+    return f"{text}: {'; '.join(parts) or 'failed'}"
+
+
+def _short(value: Any, limit: int = 300) -> str:
+    text = re.sub(r"\s+", " ", repr(value) if not isinstance(value, str) else value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,112 @@
+"""Write-audit-publish: a layer publishes a date only when its GX suites pass, and Data Docs show every run."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import re
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from expectations.gate import GateFailed, load_suite, suite_names
+from include.sources import EVENTS, ORDERS
+from include.tools import generate_events
+from spark_jobs.bronze import run_bronze
+from spark_jobs.silver import run_silver
+
+from tests.helpers import deliver
+
+DAY = date(2019, 10, 1)
+NEXT_DAY = date(2019, 10, 2)
+
+
+def test_every_suite_file_loads_and_is_named_after_its_table():
+    names = suite_names()
+    assert {"bronze.orders", "bronze.events", "silver.orders", "silver.events", "silver.quarantine",
+            "silver.dim_customer", "silver.dim_product"} <= set(names)
+    for name in names:
+        suite = load_suite(name)
+        assert suite.name == name and suite.expectations, name
+
+
+def _events_day(settings, day: date, blank_user_share: float = 0.0) -> int:
+    """A generated events day (no defects), with `blank_user_share` of its lines' user_id emptied."""
+    generate_events.main(["--from", day.isoformat(), "--days", "1", "--events-per-day", "400",
+                          "--landing", str(settings.landing)])
+    (path,) = settings.landing_dir("events", day).glob("*.csv")
+    rows = list(csv.reader(io.StringIO(path.read_text())))
+    header, lines = rows[0], rows[1:]
+    user = header.index("user_id")
+    blanked = int(len(lines) * blank_user_share)
+    for line in lines[:blanked]:
+        line[user] = ""
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows([header, *lines])
+    path.write_text(out.getvalue())
+    return blanked
+
+
+def _version(spark, path: str) -> int | None:
+    from delta.tables import DeltaTable
+
+    if not DeltaTable.isDeltaTable(spark, path):
+        return None
+    return DeltaTable.forPath(spark, path).history(1).collect()[0].version
+
+
+def _page(message: str) -> Path:
+    (page,) = re.findall(r"Data Docs: (\S+\.html)", message)[:1]
+    return Path(page)
+
+
+def test_a_day_with_30_percent_empty_user_ids_is_refused_by_the_silver_gate(spark, lakehouse):
+    _events_day(lakehouse, DAY)
+    run_bronze(spark, lakehouse, EVENTS, DAY, "good")
+    run_silver(spark, lakehouse, EVENTS, DAY, "good")
+    tables = [lakehouse.table_path("silver", name) for name in ("events", "quarantine")]
+    published = [_version(spark, path) for path in tables]
+    rows = spark.read.format("delta").load(tables[0]).count()
+
+    blanked = _events_day(lakehouse, NEXT_DAY, blank_user_share=0.3)
+    run_bronze(spark, lakehouse, EVENTS, NEXT_DAY, "bad")
+    with pytest.raises(GateFailed) as failure:
+        run_silver(spark, lakehouse, EVENTS, NEXT_DAY, "bad")
+    message = str(failure.value)
+    assert "silver events 2019-10-02 not published" in message
+    assert "silver.quarantine" in message and "quarantined share" in message
+    assert [_version(spark, path) for path in tables] == published, "a refused date leaves the tables as they were"
+    assert spark.read.format("delta").load(tables[0]).count() == rows
+    page = _page(message)
+    assert page.is_file() and page.is_relative_to(lakehouse.data_docs)
+    html = page.read_text()
+    assert "quarantined share" in html and "Failed" in html
+    assert blanked == 120
+
+    # The same day passes once the owners raise the source's threshold.
+    relaxed = dataclasses.replace(lakehouse, max_quarantine_share={**lakehouse.max_quarantine_share, "events": 0.35})
+    run_silver(spark, relaxed, EVENTS, NEXT_DAY, "relaxed")
+    assert _version(spark, tables[0]) == published[0] + 1
+    index = (lakehouse.data_docs / "index.html").read_text()
+    assert index.count("2019-10-02.silver.events") >= 2 and "2019-10-01.silver.events" in index
+
+
+def test_broken_silver_accounting_is_refused(spark, lakehouse, monkeypatch, sample_orders_dir):
+    import spark_jobs.transforms.silver as transforms
+
+    deliver(lakehouse, "orders", "2010-12-01", "day.csv.gz", (sample_orders_dir / "2010-12-01.csv.gz").read_bytes())
+    run_bronze(spark, lakehouse, ORDERS, date(2010, 12, 1), "bronze")
+    real = transforms.to_silver
+    # A transform that loses rows on the way to silver: the accounting check must notice.
+    monkeypatch.setattr(transforms, "to_silver", lambda source, rows: real(source, rows).where("quantity <> 6"))
+    with pytest.raises(GateFailed, match=r"silver \+ quarantine = bronze, date by date") as failure:
+        run_silver(spark, lakehouse, ORDERS, date(2010, 12, 1), "broken")
+    assert _version(spark, lakehouse.table_path("silver", "orders")) is None, "nothing was published"
+    assert _page(str(failure.value)).is_file()
+    monkeypatch.setattr(transforms, "to_silver", real)
+    result = run_silver(spark, lakehouse, ORDERS, date(2010, 12, 1), "fixed")
+    assert result.silver_rows > 0
+    page = next(lakehouse.data_docs.glob("validations/silver/orders/*/*/*.html"))
+    assert page.is_file()
