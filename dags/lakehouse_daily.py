@@ -16,6 +16,11 @@ Sources:
 - **events**: clickstream events in the Kaggle/REES46 layout -> `bronze/events` -> `silver/events` ->
   `gold/funnel_daily`, `gold/product_conversion`, `gold/user_engagement`, `gold/hourly_sales`
 
+Each job validates its output with the layer's Great Expectations suites (`expectations/`) before
+writing it: a date that fails its gate fails the task at once (exit status 2), the later layers of
+that source do not run, the published tables keep their previous version, and the task log prints
+what failed and the Data Docs page (`$LAKEHOUSE_DATA_DOCS`, default `data/data-docs/index.html`).
+
 A source with no folder for the date delivered nothing: its tasks are skipped (the log says which
 folder was looked for) and the other source goes on. Each job replaces its date atomically, so
 clearing a task or re-running a date is always safe.

@@ -188,6 +188,8 @@ def audit(spark, settings, layer: str, source: str, ingestion_date: date, checks
     The frames should be cached by the caller, who writes them afterwards: the expectations of a suite
     then read memory, not the plan that built the frame.
     """
+    if not checks:
+        return []
     if not settings.gates:
         log.warning("gates are off (LAKEHOUSE_GATES=false): %s %s %s published without validation",
                     layer, source, ingestion_date)
@@ -208,13 +210,12 @@ def audit(spark, settings, layer: str, source: str, ingestion_date: date, checks
                                 expectation_parameters=dict(check.parameters),
                                 run_id=RunIdentifier(run_name=run_name, run_time=run_time))
         ((key, validation),) = result.run_results.items()
-        results.append((check, key, validation, time.monotonic() - started))
-    with _locked(settings.gx_root):
-        context = project(settings)
-        context.build_data_docs(site_names=[SITE_NAME], resource_identifiers=[key for _, key, _, _ in results])
-        for check, key, validation, seconds in results:
+        failed = [_describe(item, _sample(spark, check, item)) for item in validation.results if not item.success]
+        results.append((check, key, validation, failed, time.monotonic() - started))
+    with _locked(settings.gx_root):  # the site's index is rewritten: one writer at a time
+        context.build_data_docs(site_names=[SITE_NAME], resource_identifiers=[result[1] for result in results])
+        for check, key, validation, failed, seconds in results:
             (page,) = context.get_docs_sites_urls(resource_identifier=key, site_name=SITE_NAME) or [{}]
-            failed = [_describe(item, _sample(spark, check, item)) for item in validation.results if not item.success]
             outcomes.append(Outcome(f"{layer}.{check.table}", validation.success, len(validation.results),
                                     failed, _file_path(page.get("site_url", "")), seconds))
     for outcome in outcomes:

@@ -31,6 +31,7 @@ from pathlib import Path
 if __package__ in (None, "") and "__file__" in globals():
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from expectations.gate import Check, GateFailed, audit
 from include.config import Settings
 from include.sources import Source
 from spark_jobs.common import replace_partition, run_layer_job
@@ -50,6 +51,7 @@ class MartResult:
     silver_version: int
     keys: int | None  # keys recomputed by an incremental refresh
     seconds: float
+    validation_seconds: float = 0.0  # of `seconds`: this mart's suite, and its share of the gate's set-up
 
 
 def run_gold(spark, settings: Settings, source: Source, ingestion_date: date, run_id: str,
@@ -101,31 +103,58 @@ def run_gold(spark, settings: Settings, source: Source, ingestion_date: date, ru
                         "or history vacuumed): rebuilding from all of silver", source.name, source.name, since, version)
             plans.update({mart.table: "full" for mart in incremental})
 
-    results = []
+    # Stage every mart's new rows (cached), audit them together, then write: a refused run publishes no mart.
+    staged, seconds, counts, cached = [], {}, {}, []
     for mart in marts:
         started = time.monotonic()
         path = settings.table_path("gold", mart.table)
-        keys = None
         if plans[mart.table] == "full":
             inputs = silver
             if mart.rollup is not None:
                 _overwrite(mart.rollup.compute(silver), settings.table_path("gold", mart.rollup.table),
                            [mart.rollup.date_column])
                 inputs = spark.read.format("delta").load(settings.table_path("gold", mart.rollup.table))
-            _overwrite(mart.build_from(inputs), path)
+            staged.append((mart, mart.build_from(inputs), lambda frame, path=path: _overwrite(frame, path)))
         elif plans[mart.table] == "incremental":
             touched = _touched_keys(changes, mart, seen[mart.table]).cache()
-            keys = touched.count()
-            if keys:
+            cached.append(touched)
+            counts[mart.table] = touched.count()
+            if counts[mart.table]:
                 inputs = silver
                 if mart.rollup is not None:
                     inputs = _refresh_rollup(spark, settings, mart.rollup, silver, changes, seen[mart.table])
-                _refresh_keys(spark, path, mart, inputs, touched, keys)
-            touched.unpersist()
-        results.append(MartResult(mart.table, plans[mart.table], version, keys, time.monotonic() - started))
+                staged.append((mart, *_stage_keys(spark, path, mart, inputs, touched, counts[mart.table])))
+        if settings.gates and staged and staged[-1][0] is mart:
+            # Computed once, here: the gate reads it from memory and the write goes from there.
+            frame = staged[-1][1].cache()
+            frame.count()
+            cached.append(frame)
+            staged[-1] = (mart, frame, staged[-1][2])
+        seconds[mart.table] = time.monotonic() - started
+    validating = time.monotonic()
+    outcomes = audit(spark, settings, "gold", source.name, ingestion_date,
+                     [Check(mart.table, frame, views={f"gate_silver_{source.name}": silver})
+                      for mart, frame, _ in staged])
+    gate_seconds = time.monotonic() - validating
+    validation = {outcome.suite.split(".", 1)[1]: outcome.seconds for outcome in outcomes}
+    overhead = (gate_seconds - sum(validation.values())) / max(len(validation), 1)
+    for table in validation:
+        validation[table] += overhead
+        seconds[table] += validation[table]
+    for mart, frame, write in staged:
+        started = time.monotonic()
+        write(frame)
+        seconds[mart.table] += time.monotonic() - started
+    results = []
+    for mart in marts:
+        keys = counts.get(mart.table) if plans[mart.table] == "incremental" else None
+        results.append(MartResult(mart.table, plans[mart.table], version, keys, seconds[mart.table],
+                                  validation.get(mart.table, 0.0)))
         log.info("gold %s %s: %s refresh to silver version %s%s in %.1f s", source.name, mart.table,
                  plans[mart.table], version, "" if keys is None else f", {keys:,} keys recomputed",
                  results[-1].seconds)
+    for frame in cached:
+        frame.unpersist()
     if changes is not None:
         changes.unpersist()
     _record_progress(spark, settings, source, ingestion_date, run_id, results)
@@ -248,8 +277,9 @@ def _narrowed(silver, keys, count: int):
     return silver
 
 
-def _refresh_keys(spark, path: str, mart, inputs, touched, count: int) -> None:
-    """Recompute `touched` keys of `mart` from its inputs (silver, or its rollup) and write them into the mart."""
+def _stage_keys(spark, path: str, mart, inputs, touched, count: int):
+    """The recomputed rows of `touched` keys of `mart` from its inputs (silver, or its rollup), and how to
+    write them into the mart: (rows to validate, writer taking those rows)."""
     from delta.tables import DeltaTable
     from pyspark.sql import functions as F
 
@@ -262,22 +292,25 @@ def _refresh_keys(spark, path: str, mart, inputs, touched, count: int) -> None:
         # Columns over the whole mart: the other keys' stored aggregates, the fresh ones, finished together.
         stored = spark.read.format("delta").load(path).select(*fresh.columns)
         whole = _matching(stored, touched, keys, "left_anti").unionByName(fresh)
-        mart.finish(whole, inputs).write.format("delta").mode("overwrite").save(path)
-        return
-    # Touched keys left without silver rows are deleted; the others updated or inserted.
-    flagged = fresh.withColumn("_fresh", F.lit(True))
-    condition = [F.col(f"k.{key}").eqNullSafe(F.col(f"f.{key}")) for key in keys]
-    updates = (touched.alias("k").join(flagged.alias("f"), condition, "left")
-               .select(*[F.col(f"k.{key}") for key in keys],
-                       *[F.col(f"f.{column}") for column in mart.columns if column not in keys],
-                       F.coalesce(F.col("f._fresh"), F.lit(False)).alias("_fresh")))
-    assignments = {f"`{column}`": f"s.`{column}`" for column in mart.columns}
-    (DeltaTable.forPath(spark, path).alias("t")
-     .merge(updates.alias("s"), " AND ".join(f"t.`{key}` <=> s.`{key}`" for key in keys))
-     .whenMatchedDelete(condition="NOT s._fresh")
-     .whenMatchedUpdate(condition="s._fresh", set=assignments)
-     .whenNotMatchedInsert(condition="s._fresh", values=assignments)
-     .execute())
+        return mart.finish(whole, inputs), lambda frame: frame.write.format("delta").mode("overwrite").save(path)
+
+    def merge(frame) -> None:
+        # Touched keys left without silver rows are deleted; the others updated or inserted.
+        flagged = frame.withColumn("_fresh", F.lit(True))
+        condition = [F.col(f"k.{key}").eqNullSafe(F.col(f"f.{key}")) for key in keys]
+        updates = (touched.alias("k").join(flagged.alias("f"), condition, "left")
+                   .select(*[F.col(f"k.{key}") for key in keys],
+                           *[F.col(f"f.{column}") for column in mart.columns if column not in keys],
+                           F.coalesce(F.col("f._fresh"), F.lit(False)).alias("_fresh")))
+        assignments = {f"`{column}`": f"s.`{column}`" for column in mart.columns}
+        (DeltaTable.forPath(spark, path).alias("t")
+         .merge(updates.alias("s"), " AND ".join(f"t.`{key}` <=> s.`{key}`" for key in keys))
+         .whenMatchedDelete(condition="NOT s._fresh")
+         .whenMatchedUpdate(condition="s._fresh", set=assignments)
+         .whenNotMatchedInsert(condition="s._fresh", values=assignments)
+         .execute())
+
+    return fresh, merge
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
@@ -290,7 +323,7 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     run_layer_job("gold", "Bring one source's gold marts up to date with its silver table.", run_gold, argv,
-                  expected_errors=(ValueError,), extra_arguments=_arguments)
+                  expected_errors=(ValueError, GateFailed), extra_arguments=_arguments)
 
 
 if __name__ == "__main__":

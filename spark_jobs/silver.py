@@ -44,10 +44,12 @@ class SilverResult:
     silver_rows: int
     quarantined_rows: int
     seconds: float
+    validation_seconds: float = 0.0  # of `seconds`: the gate
 
 
 def run_silver(spark, settings: Settings, source: Source, ingestion_date: date, run_id: str) -> SilverResult:
     from delta.tables import DeltaTable
+    from pyspark.sql import Observation
     from pyspark.sql import functions as F
 
     from spark_jobs.transforms.silver import classify, fingerprint, split_duplicates
@@ -93,7 +95,10 @@ def run_silver(spark, settings: Settings, source: Source, ingestion_date: date, 
     # 4. Audit, then publish: the dates' silver and quarantine rows (and, for orders, the dimensions'
     # history rebuilt from all silver orders as they will stand) are staged in memory and validated;
     # only if every suite passes are they written, so a refused date leaves every table as it was.
-    kept, rejected = kept.cache(), rejected.cache()
+    if settings.gates:
+        # Computed once, here: the gate reads them from memory and the writes go from there.
+        kept, rejected = kept.cache(), rejected.cache()
+        kept.count(), rejected.count()
     staged = {"bronze_rows_by_date": spark.createDataFrame(
                   [(current, bronze_rows.get(current, 0), settings.max_quarantine_share[source.name])
                    for current in dates],
@@ -105,29 +110,37 @@ def run_silver(spark, settings: Settings, source: Source, ingestion_date: date, 
         if DeltaTable.isDeltaTable(spark, settings.table_path("silver", "orders")):
             orders = (spark.read.format("delta").load(settings.table_path("silver", "orders"))
                       .where(~F.col("_ingestion_date").isin(*dates)).unionByName(kept))
-        dimensions = [(dimension, dimension.versions(orders).cache()) for dimension in DIMENSIONS]
+        dimensions = [(dimension, dimension.versions(orders)) for dimension in DIMENSIONS]
+        if settings.gates:
+            dimensions = [(dimension, frame.cache()) for dimension, frame in dimensions]
+            for _, frame in dimensions:
+                frame.count()
         staged.update({f"staged_{dimension.table}": frame for dimension, frame in dimensions})
+    validating = time.monotonic()
     audit(spark, settings, "silver", source.name, ingestion_date, [
         Check(source.name, kept, views=staged),
         Check("quarantine", rejected, parameters={"source": [source.name]}, views=staged),
         *(Check(dimension.table, frame, views=staged) for dimension, frame in dimensions),
     ])
+    validation_seconds = time.monotonic() - validating
     on_dates = f"_ingestion_date IN ({', '.join(repr(current.isoformat()) for current in dates)})"
+    # The counts come from the writes themselves: no extra pass over the rows.
+    kept_counts, rejected_counts = Observation(), Observation()
+    today = F.count_if(F.col("_ingestion_date") == F.lit(ingestion_date)).alias("rows")
     # The change feed tells the gold job which rows each run inserted and removed.
-    replace_partition(kept, settings.table_path("silver", source.name), on_dates, ["_ingestion_date"],
-                      {"delta.enableChangeDataFeed": "true"})
-    replace_partition(rejected, settings.table_path("silver", "quarantine"),
+    replace_partition(kept.observe(kept_counts, today), settings.table_path("silver", source.name), on_dates,
+                      ["_ingestion_date"], {"delta.enableChangeDataFeed": "true"})
+    replace_partition(rejected.observe(rejected_counts, today), settings.table_path("silver", "quarantine"),
                       f"source = '{source.name}' AND {on_dates}", ["source", "_ingestion_date"])
     for dimension, frame in dimensions:
         frame.write.format("delta").mode("overwrite").save(settings.table_path("silver", dimension.table))
-    kept_counts = dict(kept.groupBy("_ingestion_date").count().collect())
-    rejected_counts = dict(rejected.groupBy("_ingestion_date").count().collect())
-    silver_rows, quarantined = kept_counts.get(ingestion_date, 0), rejected_counts.get(ingestion_date, 0)
+    silver_rows, quarantined = kept_counts.get["rows"], rejected_counts.get["rows"]
     for frame in (day, kept, rejected, *(frame for _, frame in dimensions)):
         frame.unpersist()
-    result = SilverResult(source.name, dates, silver_rows, quarantined, time.monotonic() - started)
-    log.info("silver %s %s: %s rows kept, %s quarantined in %.1f s%s", source.name, ingestion_date,
-             f"{silver_rows:,}", f"{quarantined:,}", result.seconds,
+    result = SilverResult(source.name, dates, silver_rows, quarantined, time.monotonic() - started,
+                          validation_seconds)
+    log.info("silver %s %s: %s rows kept, %s quarantined in %.1f s (%.1f s the gate)%s", source.name,
+             ingestion_date, f"{silver_rows:,}", f"{quarantined:,}", result.seconds, validation_seconds,
              f"; later dates decided again: {', '.join(map(str, later))}" if later else "")
     return result
 

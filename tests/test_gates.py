@@ -110,3 +110,44 @@ def test_broken_silver_accounting_is_refused(spark, lakehouse, monkeypatch, samp
     assert result.silver_rows > 0
     page = next(lakehouse.data_docs.glob("validations/silver/orders/*/*/*.html"))
     assert page.is_file()
+
+
+def test_a_broken_gold_reconciliation_is_refused_and_the_mart_keeps_its_version(spark, lakehouse, monkeypatch,
+                                                                                 sample_orders_dir):
+    import spark_jobs.transforms.gold as transforms
+    from spark_jobs.gold import run_gold
+
+    ungated = dataclasses.replace(lakehouse, gates=False)  # bronze and silver are not what this test is about
+    days = [date(2010, 12, 1), date(2010, 12, 2)]
+    for day in days:
+        deliver(lakehouse, "orders", day.isoformat(), "day.csv.gz",
+                (sample_orders_dir / f"{day.isoformat()}.csv.gz").read_bytes())
+        run_bronze(spark, ungated, ORDERS, day, "bronze")
+    run_silver(spark, ungated, ORDERS, days[0], "silver")
+    run_gold(spark, lakehouse, ORDERS, days[0], "good")
+    path = lakehouse.table_path("gold", "daily_sales")
+    published = _version(spark, path)
+
+    # A mart definition that adds a cent to every country's day: the reconciliation with silver must notice.
+    real = transforms.marts_of
+    def off_by_a_cent(aggregate):
+        from pyspark.sql import functions as F
+
+        return lambda rows: aggregate(rows).withColumn("revenue", (F.col("revenue") + F.lit(0.01)).cast("decimal(18,2)"))
+
+    broken = [dataclasses.replace(mart, aggregate=off_by_a_cent(mart.aggregate)) if mart.table == "daily_sales"
+              else mart for mart in real("orders")]
+    monkeypatch.setattr(transforms, "marts_of", lambda source: tuple(broken) if source == "orders" else real(source))
+    run_silver(spark, ungated, ORDERS, days[1], "silver")
+    with pytest.raises(GateFailed) as failure:
+        run_gold(spark, lakehouse, ORDERS, days[1], "broken")
+    message = str(failure.value)
+    assert "gold.daily_sales" in message and "equals the non-cancelled silver revenue" in message
+    assert "silver_revenue" in message, "the log shows sample rows with both figures"
+    assert _version(spark, path) == published, "no gold table was written"
+    assert _version(spark, lakehouse.table_path("gold", "customer_rfm")) == 0
+    assert "Failed" in _page(message).read_text()
+
+    monkeypatch.setattr(transforms, "marts_of", real)
+    run_gold(spark, lakehouse, ORDERS, days[1], "fixed")
+    assert _version(spark, path) == published + 1

@@ -3,8 +3,8 @@
 Each day is delivered by the events generator (duplicates and late events included), then run through
 the same functions the Spark jobs call (`run_bronze`, `run_silver`, `run_gold`) in one local Spark
 session, so the figures are the layers' work without spark-submit's start-up. Per day it prints the
-seconds of each layer, gold's recomputed keys, and the size of silver/events before the day; at the
-end, day N against day 2 (day 1 builds the marts from nothing and is not comparable).
+seconds of each layer, gold's recomputed keys, the seconds of each layer's quality gate (included in
+the layer's), and the size of silver/events before the day; at the end, day N against day 2 (day 1 builds the marts from nothing and is not comparable).
 
     python -m include.tools.history_bench --days 31 --events-per-day 100000
     python -m include.tools.history_bench --days 2 --events-per-day 1000000 --root /tmp/bench-1m
@@ -14,8 +14,8 @@ end, day N against day 2 (day 1 builds the marts from nothing and is not compara
 gold run then catches up every silver change since its last run, so day 31's run is comparable with
 day 2's, each a single day's changes.
 
-The landing zone and warehouse live under --root (default: a new temporary folder), never the
-project's own data/ folders.
+The landing zone, warehouse, GX project and Data Docs live under --root (default: a new temporary
+folder), never the project's own data/ folders.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     spark = get_spark("history-bench", settings)
     print(f"history bench: {args.days} days x {args.events_per_day:,} events under {root}", file=sys.stderr)
     header = f"{'day':>3} {'date':10} {'silver rows before':>18} {'bronze s':>8} {'silver s':>8} {'gold s':>7} " \
-             f"{'gold keys':>9}"
+             f"{'gold keys':>9} {'gates b/s/g s':>16}"
     print(header)
     figures = []
     for index in range(args.days):
@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         silver_path = settings.table_path("silver", EVENTS.name)
         before = spark.read.format("delta").load(silver_path).count() if index else 0
         seconds = {"gold": None}
+        gates = {"bronze": None, "silver": None, "gold": None}  # of those seconds, the quality gates
         result = []
         layers = (("bronze", run_bronze), ("silver", run_silver)) + ((("gold", run_gold),)
                                                                      if index + 1 in gold_days else ())
@@ -81,14 +82,19 @@ def main(argv: list[str] | None = None) -> int:
             started = time.perf_counter()
             result = run(spark, settings, EVENTS, day, f"history-{layer}-{day}")
             seconds[layer] = time.perf_counter() - started
+            gates[layer] = (sum(mart.validation_seconds for mart in result) if layer == "gold"
+                            else result.validation_seconds)
         keys = sum(mart.keys or 0 for mart in result) if seconds["gold"] is not None else None
         figures.append({"day": index + 1, "date": day.isoformat(), "silver_rows_before": before,
                         **{f"{layer}_seconds": None if value is None else round(value, 2)
                            for layer, value in seconds.items()},
+                        **{f"{layer}_validation_seconds": None if value is None else round(value, 2)
+                           for layer, value in gates.items()},
                         "gold_keys": keys, "gold_marts": [asdict(mart) for mart in result] if keys is not None else []})
         gold = "-" if keys is None else f"{seconds['gold']:>7.1f} {keys:>9,}"
-        print(f"{index + 1:>3} {day} {before:>18,} {seconds['bronze']:>8.1f} {seconds['silver']:>8.1f} {gold:>17}",
-              flush=True)
+        validation = "/".join("-" if value is None else f"{value:.1f}" for value in gates.values())
+        print(f"{index + 1:>3} {day} {before:>18,} {seconds['bronze']:>8.1f} {seconds['silver']:>8.1f} {gold:>17} "
+              f"{validation:>16}", flush=True)
 
     second = figures[1]
     print("\nday N / day 2 (seconds):")
