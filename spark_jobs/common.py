@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
+import threading
 from collections.abc import Callable
 from datetime import date, datetime, timezone
 
@@ -64,6 +66,9 @@ def run_layer_job(layer: str, description: str, run, argv: list[str] | None = No
                if name not in ("source", "ingestion_date", "run_id")}
     settings = get_settings()
     source = get_source(args.source)
+    if settings.gates:
+        # Great Expectations takes seconds to import: do it while the Spark session starts.
+        threading.Thread(target=importlib.import_module, args=("great_expectations",), daemon=True).start()
     spark = get_spark(f"{layer}-{source.name}-{args.ingestion_date}", settings)
     try:
         run(spark, settings, source, args.ingestion_date, args.run_id, **options)

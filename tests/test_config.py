@@ -50,7 +50,8 @@ def test_relative_paths_are_resolved(monkeypatch, tmp_path):
     ({"LAKEHOUSE_SPARK_UI": "perhaps"}, "expected true or false"),
     ({"LAKEHOUSE_GATES": "sometimes"}, "expected true or false"),
     ({"LAKEHOUSE_MAX_QUARANTINE_SHARE_EVENTS": "1.5"}, "LAKEHOUSE_MAX_QUARANTINE_SHARE_EVENTS='1.5': expected a share"),
-    ({"LAKEHOUSE_MAX_QUARANTINE_SHARE_ORDERS": "half"}, "LAKEHOUSE_MAX_QUARANTINE_SHARE_ORDERS='half': expected a share"),
+    ({"LAKEHOUSE_MAX_QUARANTINE_SHARE_ORDERS": "half"},
+     "LAKEHOUSE_MAX_QUARANTINE_SHARE_ORDERS='half': expected a share"),
 ])
 def test_bad_settings_are_named(env, message):
     with pytest.raises(ValueError, match=message):

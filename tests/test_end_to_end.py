@@ -1,5 +1,6 @@
 """lakehouse_daily through Airflow (`airflow dags test`) and spark-submit, on two real order days run
-out of order (the later day first, as a backfill of the earlier day would)."""
+out of order (the later day first, as a backfill of the earlier day would), with a bad events day
+that the silver gate refuses and a good one that passes."""
 
 from __future__ import annotations
 
@@ -89,16 +90,34 @@ def test_two_real_days_out_of_order_through_bronze_silver_and_gold(airflow):
     stage_orders.main(["--from", DAY1, "--days", "2", "--landing", str(landing)])
     generate_events.main(["--from", DAY1, "--days", "1", "--events-per-day", str(EVENTS_PER_DAY),
                           "--defect-rate", "0.05", "--landing", str(landing)])
+    # DAY2's events arrive with 30% of their user ids empty: bronze keeps them, silver's gate refuses the date.
+    generate_events.main(["--from", DAY2, "--days", "1", "--events-per-day", str(EVENTS_PER_DAY),
+                          "--landing", str(landing)])
+    (bad,) = (landing / "events" / DAY2).glob("*.csv")
+    header, *lines = bad.read_text().splitlines()
+    blanked = [",".join(fields[:7] + [""] + fields[8:]) if index % 10 < 3 else line
+               for index, line in enumerate(lines) for fields in [line.split(",")]]
+    bad.write_text("\n".join([header, *blanked]) + "\n")
     expected = {day: data_lines(SAMPLE_ORDERS_DIR / f"{day}.csv.gz") for day in DAYS}
     assert expected == {DAY1: 3108, DAY2: 2109}
 
-    for day in reversed(DAYS):
-        state, output = dags_test(env, day)
-        assert state == "success", output[-4000:]
-        if day != DAY1:
-            assert f"no events delivery for {day}" in output, "the source without a folder is skipped, visibly"
+    state, output = dags_test(env, DAY2)
+    assert state == "failed", output[-4000:]
+    assert f"silver events {DAY2} not published: 1 of 2 suite(s) failed" in output, output[-4000:]
+    assert "quarantined share of its bronze rows is at or below the source's threshold" in output
+    (page,) = set(re.findall(r"Data Docs: (\S+lakehouse-silver\.quarantine\.html)", output))
+    assert Path(page).is_file() and "Failed" in Path(page).read_text()
+    assert not (root / "warehouse" / "silver" / "events").exists(), "the refused date published nothing"
+    assert not (root / "warehouse" / "gold" / "funnel_daily").exists(), "gold did not run after the failed gate"
+    assert bronze_counts(root, "orders") == {DAY2: expected[DAY2]}, "the other source went on"
+
+    state, output = dags_test(env, DAY1)
+    assert state == "success", output[-4000:]
     assert bronze_counts(root, "orders") == expected
-    assert bronze_counts(root, "events") == {DAY1: EVENTS_PER_DAY}
+    assert bronze_counts(root, "events") == {DAY1: EVENTS_PER_DAY, DAY2: EVENTS_PER_DAY}
+    index = (root / "data-docs" / "index.html").read_text()
+    assert all(f"{day}.{layer}.{source}" in index for day in DAYS for layer in ("bronze", "silver")
+               for source in ("orders", "events")), "Data Docs list every run's validations by date and layer"
 
     # Silver follows the rules exactly, and every bronze row is in silver or in quarantine.
     reference = orders_reference(files_by_date(landing / "orders"))
@@ -107,18 +126,21 @@ def test_two_real_days_out_of_order_through_bronze_silver_and_gold(airflow):
                   "SELECT source, CAST(_ingestion_date AS VARCHAR) AS d, rule, count(*) AS n FROM t GROUP BY 1, 2, 3")
     assert {(row["d"], row["rule"]): row["n"] for row in rules.to_pylist() if row["source"] == "orders"} == \
         {(day.isoformat(), rule): rows for (day, rule), rows in reference.rules.items()}
-    for source in ("orders", "events"):
+    for source, days in (("orders", DAYS), ("events", (DAY1,))):  # DAY2's events were refused
         silver = per_date(root, "silver", source)
         quarantined = per_date(root, "silver", "quarantine", f"source = '{source}'")
-        assert {day: silver.get(day, 0) + quarantined.get(day, 0) for day in bronze_counts(root, source)} == \
-            bronze_counts(root, source), source
+        assert {day: silver.get(day, 0) + quarantined.get(day, 0) for day in days} == \
+            {day: bronze_counts(root, source)[day] for day in days}, source
+    assert DAY2 not in per_date(root, "silver", "quarantine", "source = 'events'")
     dim_customer, dim_product = dimensions_reference(reference.silver)
     for table, rows in (("dim_customer", dim_customer), ("dim_product", dim_product)):
         assert query(root / "warehouse" / "silver" / table, "SELECT count(*) AS n FROM t").column("n")[0].as_py() == \
             len(rows)
 
     # The generated events: each rule rejects exactly the lines the rules, applied in plain Python, reject.
-    events_expected, events_silver = events_rules(files_by_date(landing / "events"))
+    delivered = files_by_date(landing / "events")
+    events_expected, events_silver = events_rules({day: files for day, files in delivered.items()
+                                                   if day.isoformat() == DAY1})
     rules = query(root / "warehouse" / "silver" / "quarantine",
                   "SELECT rule, count(*) AS n FROM t WHERE source = 'events' GROUP BY 1")
     assert {row["rule"]: row["n"] for row in rules.to_pylist()} == {rule: n for (_, rule), n in events_expected.items()}

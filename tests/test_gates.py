@@ -133,7 +133,8 @@ def test_a_broken_gold_reconciliation_is_refused_and_the_mart_keeps_its_version(
     def off_by_a_cent(aggregate):
         from pyspark.sql import functions as F
 
-        return lambda rows: aggregate(rows).withColumn("revenue", (F.col("revenue") + F.lit(0.01)).cast("decimal(18,2)"))
+        cent = (F.col("revenue") + F.lit(0.01)).cast("decimal(18,2)")
+        return lambda rows: aggregate(rows).withColumn("revenue", cent)
 
     broken = [dataclasses.replace(mart, aggregate=off_by_a_cent(mart.aggregate)) if mart.table == "daily_sales"
               else mart for mart in real("orders")]

@@ -32,7 +32,8 @@ def event_days(spark, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("gold-events")
     # The transforms' own tests: the gates are tested in test_gates.py and end to end.
-    settings = Settings.from_env({**TEST_SPARK_ENV, "LAKEHOUSE_GATES": "false", "LAKEHOUSE_LANDING": str(root / "landing"),
+    settings = Settings.from_env({**TEST_SPARK_ENV, "LAKEHOUSE_GATES": "false",
+                                  "LAKEHOUSE_LANDING": str(root / "landing"),
                                   "LAKEHOUSE_WAREHOUSE": str(root / "warehouse")})
     generate_events.main(["--from", DAYS[0].isoformat(), "--days", str(len(DAYS)), "--events-per-day", "600",
                           "--duplicate-rate", "0.03", "--late-rate", "0.05", "--negative-price-rate", "0.01",

@@ -38,7 +38,8 @@ def ten_days(spark, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("ten-days")
     # The transforms' own tests: the gates are tested in test_gates.py and end to end.
-    settings = Settings.from_env({**TEST_SPARK_ENV, "LAKEHOUSE_GATES": "false", "LAKEHOUSE_LANDING": str(root / "landing"),
+    settings = Settings.from_env({**TEST_SPARK_ENV, "LAKEHOUSE_GATES": "false",
+                                  "LAKEHOUSE_LANDING": str(root / "landing"),
                                   "LAKEHOUSE_WAREHOUSE": str(root / "warehouse")})
     stage_orders.main(["--from", FIRST, "--days", str(DAYS), "--landing", str(settings.landing)])
     days = sorted(files_by_date(settings.landing / "orders"))

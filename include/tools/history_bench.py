@@ -4,7 +4,8 @@ Each day is delivered by the events generator (duplicates and late events includ
 the same functions the Spark jobs call (`run_bronze`, `run_silver`, `run_gold`) in one local Spark
 session, so the figures are the layers' work without spark-submit's start-up. Per day it prints the
 seconds of each layer, gold's recomputed keys, the seconds of each layer's quality gate (included in
-the layer's), and the size of silver/events before the day; at the end, day N against day 2 (day 1 builds the marts from nothing and is not comparable).
+the layer's), and the size of silver/events before the day; at the end, day N against day 2 (day 1
+builds the marts from nothing and is not comparable).
 
     python -m include.tools.history_bench --days 31 --events-per-day 100000
     python -m include.tools.history_bench --days 2 --events-per-day 1000000 --root /tmp/bench-1m
