@@ -40,6 +40,9 @@ setup: $(SETUP_STAMP)
 	@bash include/check-prerequisites.sh "$(BIN)/python"
 	@# The project root on the venv's path: DAGs, jobs, tools and tests import include/ and spark_jobs/.
 	@echo "$(CURDIR)" > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/lakehouse.pth"
+	@# Data Docs' scripts and styles, so the site works opened from disk without internet access.
+	@$(BIN)/python -m include.tools.data_docs_assets > /dev/null \
+		|| echo "setup: could not fetch the Data Docs assets from the npm registry; the pages will load them from CDNs"
 
 # --compile-bytecode: every Airflow task, spark-submit driver and test process imports Airflow, PySpark
 # and Great Expectations; compiled once here, they are not recompiled from source at each start

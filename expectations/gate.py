@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import logging
 import re
 import time
@@ -27,6 +28,8 @@ from typing import Any
 from urllib.parse import unquote
 
 import yaml
+
+from include.tools import data_docs_assets
 
 SUITES_DIR = Path(__file__).resolve().parent
 DATASOURCE = "lakehouse"
@@ -98,7 +101,7 @@ def load_suite(name: str):
         arguments = dict(arguments or {})
         if kind == "unexpected_rows":
             arguments["unexpected_rows_query"] = arguments.pop("query", None)
-            expectations.append(gx.expectations.UnexpectedRowsExpectation(**arguments))
+            expectations.append(_sampled_rows_expectation()(**arguments))
             continue
         class_name = "".join(part.capitalize() for part in kind.split("_"))
         expectation_class = getattr(gx.expectations, class_name, None)
@@ -109,6 +112,40 @@ def load_suite(name: str):
         except Exception as error:  # pydantic names the bad argument
             raise SuiteError(f"{path}: expectation {position} ({kind}): {error}") from None
     return gx.ExpectationSuite(name=name, expectations=expectations, notes=spec.get("notes"))
+
+
+@functools.cache
+def _sampled_rows_expectation():
+    """GX's SQL check (`UnexpectedRowsExpectation`), but keeping a sample of the rows it found on failure and
+    showing them in Data Docs: GX keeps only their count below result format COMPLETE and renders only it.
+    Defined on first use (importing GX takes seconds; a job with its gates off never pays it)."""
+    from great_expectations.expectations.core.unexpected_rows_expectation import UnexpectedRowsExpectation
+    from great_expectations.render import LegacyDiagnosticRendererType
+    from great_expectations.render.renderer.renderer import renderer
+
+    class UnexpectedRowsWithSample(UnexpectedRowsExpectation):
+        def _validate(self, metrics: dict, runtime_configuration: dict | None = None, execution_engine=None):
+            result = super()._validate(metrics, runtime_configuration, execution_engine)
+            if not result.get("success") and isinstance(result.get("result"), dict):
+                rows = metrics["unexpected_rows_query.table"][:SAMPLE_ROWS]
+                result["result"]["details"] = {"unexpected_rows": [
+                    {name: value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
+                     for name, value in row.items()} for row in rows]}
+            return result
+
+        @classmethod
+        @renderer(renderer_type=LegacyDiagnosticRendererType.OBSERVED_VALUE)
+        def _diagnostic_observed_value_renderer(cls, configuration=None, result=None, runtime_configuration=None):
+            found = (result.result or {}) if result is not None else {}
+            count = found.get("observed_value")
+            text = "--" if count is None else f"{count:,} unexpected row{'' if count == 1 else 's'}"
+            rows = (found.get("details") or {}).get("unexpected_rows") or []
+            if rows:
+                text += ", e.g. " + "; ".join(
+                    ", ".join(f"{name}={value}" for name, value in row.items()) for row in rows[:5])
+            return text
+
+    return UnexpectedRowsWithSample
 
 
 @contextlib.contextmanager
@@ -210,14 +247,19 @@ def audit(spark, settings, layer: str, source: str, ingestion_date: date, checks
                                 expectation_parameters=dict(check.parameters),
                                 run_id=RunIdentifier(run_name=run_name, run_time=run_time))
         ((key, validation),) = result.run_results.items()
-        failed = [_describe(item, _sample(spark, check, item)) for item in validation.results if not item.success]
+        failed = [_describe(item) for item in validation.results if not item.success]
         results.append((check, key, validation, failed, time.monotonic() - started))
     with _locked(settings.gx_root):  # the site's index is rewritten: one writer at a time
+        built = time.time()
         context.build_data_docs(site_names=[SITE_NAME], resource_identifiers=[result[1] for result in results])
         for check, key, validation, failed, seconds in results:
             (page,) = context.get_docs_sites_urls(resource_identifier=key, site_name=SITE_NAME) or [{}]
             outcomes.append(Outcome(f"{layer}.{check.table}", validation.success, len(validation.results),
                                     failed, _file_path(page.get("site_url", "")), seconds))
+        pages = [settings.data_docs / "index.html", *(Path(outcome.page) for outcome in outcomes if outcome.page),
+                 *(page for page in (settings.data_docs / "expectations").glob("**/*.html")
+                   if page.stat().st_mtime >= built - 1)]
+        data_docs_assets.localize(settings.data_docs, [page for page in pages if page.is_file()])
     for outcome in outcomes:
         log.info("gate %s %s: %s, %d expectations in %.1f s; Data Docs page: %s", outcome.suite, ingestion_date,
                  "passed" if outcome.success else f"FAILED {len(outcome.failed)}", outcome.evaluated,
@@ -239,22 +281,7 @@ def _file_path(url: str) -> str:
     return unquote(url[len("file://"):]) if url.startswith("file://") else url
 
 
-def _sample(spark, check: Check, item) -> list[dict]:
-    """A few of the rows a failed SQL check found (GX keeps only their count below result format COMPLETE)."""
-    query = (item.expectation_config.kwargs or {}).get("unexpected_rows_query")
-    if not query:
-        return []
-    for view, frame in check.views.items():
-        frame.createOrReplaceTempView(view)
-    check.frame.createOrReplaceTempView("gate_batch")
-    try:
-        return [row.asDict() for row in spark.sql(query.replace("{batch}", "gate_batch")).limit(5).collect()]
-    except Exception as error:  # the check itself already failed; the sample is a courtesy
-        log.warning("could not sample the rows of %r: %s", item.expectation_config.description, error)
-        return []
-
-
-def _describe(item, rows: list[dict]) -> str:
+def _describe(item) -> str:
     """One failed expectation as a line: what it expects, what was observed, a few offending values."""
     config = item.expectation_config
     arguments = {name: value for name, value in (config.kwargs or {}).items()
@@ -269,7 +296,7 @@ def _describe(item, rows: list[dict]) -> str:
         share = result.get("unexpected_percent")
         parts.append(f"{result['unexpected_count']:,} unexpected"
                      + (f" ({share:.2f}%)" if isinstance(share, (int, float)) else ""))
-    sample = result.get("partial_unexpected_list") or rows
+    sample = result.get("partial_unexpected_list") or (result.get("details") or {}).get("unexpected_rows")
     if sample:
         parts.append(f"e.g. {_short(sample[:5])}")
     if item.exception_info and item.exception_info.get("raised_exception"):

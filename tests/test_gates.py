@@ -91,6 +91,10 @@ def test_a_day_with_30_percent_empty_user_ids_is_refused_by_the_silver_gate(spar
     assert _version(spark, tables[0]) == published[0] + 1
     index = (lakehouse.data_docs / "index.html").read_text()
     assert index.count("2019-10-02.silver.events") >= 2 and "2019-10-01.silver.events" in index
+    # make setup fetched the pages' scripts and styles: the site works opened from disk, offline.
+    assert (lakehouse.data_docs / "static" / "vendor" / "bootstrap-table.min.js").is_file()
+    assert '"static/vendor/bootstrap-table.min.js"' in index and "unpkg.com" not in index
+    assert "unpkg.com" not in page.read_text() and "/static/vendor/jquery.min.js" in page.read_text()
 
 
 def test_broken_silver_accounting_is_refused(spark, lakehouse, monkeypatch, sample_orders_dir):

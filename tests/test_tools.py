@@ -175,3 +175,24 @@ def test_history_bench_runs_each_day_through_every_layer(spark, tmp_path, capsys
     assert all(figure[f"{layer}_seconds"] > 0 for figure in figures for layer in ("bronze", "silver", "gold"))
     printed = capsys.readouterr().out
     assert "day N / day 2" in printed and "day  3: bronze" in printed
+
+
+def test_data_docs_pages_are_pointed_at_local_copies_of_their_assets(tmp_path):
+    from include.tools import data_docs_assets
+
+    assets = tmp_path / "assets"
+    for name in data_docs_assets.LINKS.values():
+        (assets / name).parent.mkdir(parents=True, exist_ok=True)
+        (assets / name).write_text(f"/* {name} */")
+    site = tmp_path / "site"
+    page = site / "validations" / "silver" / "events" / "run" / "time" / "page.html"
+    page.parent.mkdir(parents=True)
+    page.write_text('<script src="https://code.jquery.com/jquery-3.7.1.min.js"></script>'
+                    '<link href="https://cdnjs.cloudflare.com/ajax/libs/font-awesome/6.6.0/css/all.min.css">')
+    assert not data_docs_assets.localize(site, [page], assets), "assets never fetched: pages keep their CDN links"
+    assert "code.jquery.com" in page.read_text()
+    (assets / ".complete").write_text(data_docs_assets._fingerprint())
+    assert data_docs_assets.localize(site, [page], assets)
+    assert page.read_text() == ('<script src="../../../../../static/vendor/jquery.min.js"></script>'
+                                '<link href="../../../../../static/vendor/fontawesome/css/all.min.css">')
+    assert (site / "static" / "vendor" / "jquery.min.js").read_text() == "/* jquery.min.js */"
