@@ -156,3 +156,11 @@ def test_a_broken_gold_reconciliation_is_refused_and_the_mart_keeps_its_version(
     monkeypatch.setattr(transforms, "marts_of", real)
     run_gold(spark, lakehouse, ORDERS, days[1], "fixed")
     assert _version(spark, path) == published + 1
+
+
+def test_an_empty_delivery_passes_the_gates_and_publishes_an_empty_date(spark, lakehouse):
+    deliver(lakehouse, "orders", "2010-12-01", "day.csv", f"{ORDERS.header}\n")
+    assert run_bronze(spark, lakehouse, ORDERS, date(2010, 12, 1), "empty").rows == 0
+    result = run_silver(spark, lakehouse, ORDERS, date(2010, 12, 1), "empty")
+    assert (result.silver_rows, result.quarantined_rows) == (0, 0)
+    assert _version(spark, lakehouse.table_path("silver", "orders")) == 0
