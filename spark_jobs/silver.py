@@ -2,8 +2,9 @@
 
     spark-submit spark_jobs/silver.py --source orders --ingestion-date 2010-12-01
 
-Every bronze row of the date ends in exactly one of `silver/<source>` and `silver/quarantine`, checked
-before the job ends. The duplicate rule keeps the copy of the earliest ingestion date, whatever order
+Every bronze row of the date ends in exactly one of `silver/<source>` and `silver/quarantine`: the
+date's rows are validated with the silver suites (that accounting among them) before anything is
+written, the fingerprint index included. The duplicate rule keeps the copy of the earliest ingestion date, whatever order
 the dates are processed in: `silver/fingerprints` records which passing rows each date holds, and a
 date processed after later ones also rewrites the later dates that share rows with it. For orders,
 the job then rebuilds the type 2 history of customers and products (`silver/dim_customer`,
@@ -61,27 +62,26 @@ def run_silver(spark, settings: Settings, source: Source, ingestion_date: date, 
     bronze = spark.read.format("delta").load(bronze_path)
     index_path = settings.table_path("silver", "fingerprints")
 
-    # 1. The passing rows of this date, fingerprinted, replace the date's entries in the index.
+    # 1. The passing rows of this date, fingerprinted: the date's entries in the index (written with the
+    # date's silver rows, once they pass the gate).
     day = classify(source, bronze.where(F.col("_ingestion_date") == F.lit(ingestion_date)))
     day = fingerprint(source, day).cache()
     entries = (day.where(F.col("_rule").isNull())
                .groupBy("_fingerprint").count()
                .select(F.lit(source.name).alias("source"), F.col("_fingerprint").alias("fingerprint"),
-                       F.col("count").alias("copies"), F.lit(ingestion_date).alias("_ingestion_date")))
+                       F.col("count").alias("copies"), F.lit(ingestion_date).alias("_ingestion_date"))).cache()
 
     # 2. Later dates that hold any row this date holds now, or held before, must be decided again.
-    later = []
+    later, index = [], entries
     if DeltaTable.isDeltaTable(spark, index_path):
-        index = spark.read.format("delta").load(index_path).where(F.col("source") == source.name)
-        on_date = index.where(F.col("_ingestion_date") == F.lit(ingestion_date)).select("fingerprint")
+        stored = spark.read.format("delta").load(index_path).where(F.col("source") == source.name)
+        on_date = stored.where(F.col("_ingestion_date") == F.lit(ingestion_date)).select("fingerprint")
         touched = entries.select("fingerprint").union(on_date)
         later = sorted(row._ingestion_date for row in (
-            index.where(F.col("_ingestion_date") > F.lit(ingestion_date))
+            stored.where(F.col("_ingestion_date") > F.lit(ingestion_date))
             .join(touched, "fingerprint", "left_semi").select("_ingestion_date").distinct().collect()))
-    replace_partition(entries, index_path,
-                      f"source = '{source.name}' AND _ingestion_date = '{ingestion_date.isoformat()}'",
-                      ["source", "_ingestion_date"])
-    index = spark.read.format("delta").load(index_path).where(F.col("source") == source.name)
+        # The index as it will stand: the other dates' entries and this date's new ones.
+        index = stored.where(F.col("_ingestion_date") != F.lit(ingestion_date)).unionByName(entries)
     dates = (ingestion_date, *later)
 
     # 3. Decide those dates together from their bronze rows and the index, in one write per table.
@@ -134,8 +134,11 @@ def run_silver(spark, settings: Settings, source: Source, ingestion_date: date, 
                       f"source = '{source.name}' AND {on_dates}", ["source", "_ingestion_date"])
     for dimension, frame in dimensions:
         frame.write.format("delta").mode("overwrite").save(settings.table_path("silver", dimension.table))
+    replace_partition(entries, index_path,
+                      f"source = '{source.name}' AND _ingestion_date = '{ingestion_date.isoformat()}'",
+                      ["source", "_ingestion_date"])
     silver_rows, quarantined = kept_counts.get["rows"], rejected_counts.get["rows"]
-    for frame in (day, kept, rejected, *(frame for _, frame in dimensions)):
+    for frame in (day, entries, kept, rejected, *(frame for _, frame in dimensions)):
         frame.unpersist()
     result = SilverResult(source.name, dates, silver_rows, quarantined, time.monotonic() - started,
                           validation_seconds)

@@ -79,6 +79,9 @@ def test_a_day_with_30_percent_empty_user_ids_is_refused_by_the_silver_gate(spar
     assert "silver.quarantine" in message and "quarantined share" in message
     assert [_version(spark, path) for path in tables] == published, "a refused date leaves the tables as they were"
     assert spark.read.format("delta").load(tables[0]).count() == rows
+    index = spark.read.format("delta").load(lakehouse.table_path("silver", "fingerprints"))
+    assert index.where(f"_ingestion_date = '{NEXT_DAY}'").count() == 0, \
+        "the duplicate index does not record the rows of a refused date"
     page = _page(message)
     assert page.is_file() and page.is_relative_to(lakehouse.data_docs)
     html = page.read_text()
