@@ -37,7 +37,6 @@ BATCH_DEFINITION = "output of the run"
 SITE_NAME = "lakehouse"
 # Unexpected values and rows shown per failed expectation, in Data Docs and in the task log.
 SAMPLE_ROWS = 20
-RESULT_FORMAT = "SUMMARY"
 
 log = logging.getLogger("lakehouse.gate")
 
@@ -215,7 +214,7 @@ def _checkpoint(context, layer: str, table: str):
         name=name,
         validation_definitions=[validation],
         actions=[],
-        result_format={"result_format": RESULT_FORMAT, "partial_unexpected_count": SAMPLE_ROWS},
+        result_format={"result_format": "SUMMARY", "partial_unexpected_count": SAMPLE_ROWS},
     ))
 
 
