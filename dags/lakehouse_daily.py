@@ -25,32 +25,47 @@ A source with no folder for the date delivered nothing: its tasks are skipped (t
 folder was looked for) and the other source goes on. Each job replaces its date atomically, so
 clearing a task or re-running a date is always safe.
 
-Trigger with `refresh` = `full` to rebuild the gold marts from all of silver instead of recomputing
-the keys silver changed (the result is the same; a full refresh is the repair tool).
+Scheduling: one run a day from `LAKEHOUSE_START_DATE` (default 2010-12-01, the first real orders day),
+catching up missed days only if `LAKEHOUSE_CATCHUP` is true; up to `LAKEHOUSE_MAX_ACTIVE_RUNS` dates at
+once (default 3). Each layer's jobs run one at a time whatever the number of runs (pools
+`lakehouse_bronze`, `lakehouse_silver`, `lakehouse_gold` with one slot each): Delta on a local disk
+does not serialise concurrent writers. A backfill (`make backfill FROM=... TO=...`, `airflow backfill
+create`, the REST API or the UI's backfill dialog) is an ordinary set of runs keyed by ingestion date.
+
+Retries: a job that failed for another reason than its data (a killed JVM, a full disk) is retried
+`LAKEHOUSE_TASK_RETRIES` times (default 2) with exponential backoff; refused data is not retried.
+
+Params of a manual run or backfill: **full_refresh** rebuilds the gold marts from all of silver instead of
+recomputing the keys silver changed (the result is the same; a full refresh is the repair tool);
+**sources** limits the run to some sources (the others' tasks are skipped).
+
+Each layer task's **Data Docs** button opens the validation pages of its date in the Airflow UI.
 """
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pendulum
-from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import CronDataIntervalTimetable, Param, TaskGroup, dag, task
 
-from include.config import PROJECT_ROOT, delta_package, get_settings
+from include.config import get_settings
+from include.orchestration import LayerJobOperator
 from include.sources import SOURCES
 
 SETTINGS = get_settings()
-JOBS = PROJECT_ROOT / "spark_jobs"
-# The driver's heap is a spark-submit option; the rest of the Spark settings travel as --conf.
-SPARK_CONF = {key: value for key, value in SETTINGS.spark_conf().items() if key != "spark.driver.memory"}
 
 
 @task(task_id="find_delivery")
-def find_delivery(source: str, ds: str | None = None) -> str:
-    """Skip the source's tasks for this date when its landing folder does not exist."""
+def find_delivery(source: str, ds: str | None = None, params: dict | None = None) -> str:
+    """Skip the source's tasks for this date when the run leaves it out or its landing folder does not exist."""
     from airflow.sdk.exceptions import AirflowSkipException
 
     from include.config import get_settings
 
+    selected = (params or {}).get("sources", list(SOURCES))
+    if source not in selected:
+        raise AirflowSkipException(f"{source} is not among this run's sources {selected}")
     folder = get_settings().landing_dir(source, ds)
     if not folder.is_dir():
         raise AirflowSkipException(f"no {source} delivery for {ds}: {folder} does not exist")
@@ -63,17 +78,33 @@ def find_delivery(source: str, ds: str | None = None) -> str:
     dag_id="lakehouse_daily",
     # Daily data intervals: the run for day D starts when D is over, with logical date D.
     schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
-    start_date=pendulum.datetime(2010, 12, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
-    default_args={"retries": 0},
+    start_date=pendulum.datetime(SETTINGS.start_date.year, SETTINGS.start_date.month, SETTINGS.start_date.day,
+                                 tz="UTC"),
+    catchup=SETTINGS.catchup,
+    max_active_runs=SETTINGS.max_active_runs,
+    default_args={
+        "retries": SETTINGS.task_retries,
+        "retry_delay": timedelta(seconds=30),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": timedelta(minutes=10),
+    },
     tags=["lakehouse", "bronze", "silver", "gold"],
     params={
-        "refresh": Param(
-            "incremental",
-            enum=["incremental", "full"],
-            title="Gold refresh",
-            description="incremental: recompute the keys silver changed; full: rebuild the gold marts from all of silver",
+        "full_refresh": Param(
+            False,
+            type="boolean",
+            title="Full refresh of gold",
+            description="Rebuild the gold marts from all of silver instead of recomputing the keys silver "
+                        "changed. Same result; slower; the repair tool when a mart is in doubt.",
+        ),
+        "sources": Param(
+            list(SOURCES),
+            type="array",
+            items={"type": "string", "enum": list(SOURCES)},
+            uniqueItems=True,
+            title="Sources",
+            description="The sources this run processes; the tasks of the others are skipped. "
+                        + "; ".join(f"{source.name}: {source.description}" for source in SOURCES.values()),
         ),
     },
     doc_md=__doc__,
@@ -81,23 +112,11 @@ def find_delivery(source: str, ds: str | None = None) -> str:
 def lakehouse_daily():
     for source in SOURCES.values():
         with TaskGroup(group_id=source.name, tooltip=source.description):
-            (find_delivery(source.name) >> layer_job("bronze", source.name) >> layer_job("silver", source.name)
-             >> layer_job("gold", source.name, ["--refresh", "{{ params.refresh }}"]))
-
-
-def layer_job(layer: str, source: str, options: list[str] | None = None) -> SparkSubmitOperator:
-    """The layer's Spark job for one source and the run's ingestion date."""
-    return SparkSubmitOperator(
-        task_id=layer,
-        conn_id=SETTINGS.spark_conn_id,
-        application=str(JOBS / f"{layer}.py"),
-        application_args=["--source", source, "--ingestion-date", "{{ ds }}", "--run-id", "{{ run_id }}",
-                          *(options or [])],
-        name=f"{layer}-{source}-{{{{ ds }}}}",
-        packages=delta_package(),
-        conf=SPARK_CONF,
-        driver_memory=SETTINGS.driver_memory,
-    )
+            (find_delivery(source.name)
+             >> LayerJobOperator(layer="bronze", source=source.name, settings=SETTINGS)
+             >> LayerJobOperator(layer="silver", source=source.name, settings=SETTINGS)
+             >> LayerJobOperator(layer="gold", source=source.name, settings=SETTINGS,
+                                 options=["--refresh", "{{ 'full' if params.full_refresh else 'incremental' }}"]))
 
 
 lakehouse_daily()

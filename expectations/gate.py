@@ -29,6 +29,7 @@ from urllib.parse import unquote
 
 import yaml
 
+from include.sources import validation_run_name
 from include.tools import data_docs_assets
 
 SUITES_DIR = Path(__file__).resolve().parent
@@ -233,7 +234,7 @@ def audit(spark, settings, layer: str, source: str, ingestion_date: date, checks
     from great_expectations.core.run_identifier import RunIdentifier
 
     run_time = datetime.now(timezone.utc)
-    run_name = f"{ingestion_date.isoformat()}.{layer}.{source}"  # the Data Docs index sorts and filters on it
+    run_name = validation_run_name(ingestion_date.isoformat(), layer, source)
     with _locked(settings.gx_root):
         context = project(settings)
         checkpoints = [_checkpoint(context, layer, check.table) for check in checks]

@@ -19,6 +19,12 @@ comes from the environment with a default that keeps everything inside the check
     LAKEHOUSE_SHUFFLE_PARTITIONS   spark.sql.shuffle.partitions (4: a small machine)
     LAKEHOUSE_SPARK_UI             Spark UI on or off         (true)
     LAKEHOUSE_SPARK_JAVA_OPTIONS   extra JVM options for the Spark driver ("")
+    LAKEHOUSE_START_DATE           first ingestion date of lakehouse_daily's schedule (2010-12-01,
+                                   the first real orders day)
+    LAKEHOUSE_CATCHUP              schedule a run for every missed date since the start (false)
+    LAKEHOUSE_MAX_ACTIVE_RUNS      dates lakehouse_daily works on at once (3)
+    LAKEHOUSE_TASK_RETRIES         retries of a layer job that failed for another reason than its
+                                   data (2; refused data, exit status 2, is never retried)
 
 Short-lived JVMs on small deliveries spend much of their CPU compiling Java bytecode:
 LAKEHOUSE_SPARK_JAVA_OPTIONS="-XX:TieredStopAtLevel=1" (the quick compiler only) helps them, while a
@@ -77,6 +83,10 @@ class Settings:
     data_docs: Path | None = None
     max_quarantine_share: Mapping[str, float] | None = None
     gates: bool = True
+    start_date: date = date(2010, 12, 1)
+    catchup: bool = False
+    max_active_runs: int = 3
+    task_retries: int = 2
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -93,8 +103,15 @@ class Settings:
             partitions = int(env.get("LAKEHOUSE_SHUFFLE_PARTITIONS", "4"))
             gates = _flag(env.get("LAKEHOUSE_GATES", "true"))
             spark_ui = _flag(env.get("LAKEHOUSE_SPARK_UI", "true"))
+            catchup = _flag(env.get("LAKEHOUSE_CATCHUP", "false"))
+            start_date = date.fromisoformat(env.get("LAKEHOUSE_START_DATE", "2010-12-01"))
+            max_active_runs = int(env.get("LAKEHOUSE_MAX_ACTIVE_RUNS", "3"))
+            task_retries = int(env.get("LAKEHOUSE_TASK_RETRIES", "2"))
         except ValueError as error:
             raise ValueError(f"bad setting in the environment: {error}") from None
+        if max_active_runs < 1 or task_retries < 0:
+            raise ValueError(f"LAKEHOUSE_MAX_ACTIVE_RUNS={max_active_runs} must be at least 1 and "
+                             f"LAKEHOUSE_TASK_RETRIES={task_retries} at least 0")
         warehouse = path("LAKEHOUSE_WAREHOUSE", PROJECT_ROOT / "data" / "warehouse")
         gx_root = path("LAKEHOUSE_GX_ROOT", warehouse.parent)
         shares = {}
@@ -113,6 +130,10 @@ class Settings:
             data_docs=path("LAKEHOUSE_DATA_DOCS", gx_root / "data-docs"),
             max_quarantine_share=shares,
             gates=gates,
+            start_date=start_date,
+            catchup=catchup,
+            max_active_runs=max_active_runs,
+            task_retries=task_retries,
             airflow_home=path("AIRFLOW_HOME", PROJECT_ROOT / ".airflow"),
             runtime=runtime,
             spark_master=env.get("LAKEHOUSE_SPARK_MASTER", "local[*]"),

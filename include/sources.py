@@ -55,3 +55,21 @@ def get_source(name: str) -> Source:
         return SOURCES[name]
     except KeyError:
         raise ValueError(f"unknown source {name!r}; known sources: {', '.join(SOURCES)}") from None
+
+
+# The tables each layer job publishes for a source: the DAG declares them as the task's Airflow Assets,
+# and tests/test_dag_integrity.py checks them against the jobs' marts, dimensions and suites.
+PUBLISHED_TABLES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("bronze", "orders"): ("orders", "ingested_files"),
+    ("bronze", "events"): ("events", "ingested_files"),
+    ("silver", "orders"): ("orders", "quarantine", "dim_customer", "dim_product"),
+    ("silver", "events"): ("events", "quarantine"),
+    ("gold", "orders"): ("daily_sales", "customer_rfm", "product_performance"),
+    ("gold", "events"): ("funnel_daily", "product_conversion", "user_engagement", "hourly_sales"),
+}
+
+
+def validation_run_name(ingestion_date: str, layer: str, source: str) -> str:
+    """The name of a layer job's validation run: Data Docs sorts and filters on it, and the Airflow
+    plugin finds a task's validation pages by it."""
+    return f"{ingestion_date}.{layer}.{source}"

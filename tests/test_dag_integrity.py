@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from include.config import PROJECT_ROOT
-from include.sources import SOURCES
+from include.sources import PUBLISHED_TABLES, SOURCES
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +33,13 @@ def test_lakehouse_daily_runs_bronze_then_silver_then_gold_per_source(dagbag):
     from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
     from airflow.sdk import CronDataIntervalTimetable
 
+    from include.orchestration import DataDocsLink, pool_name
+
     dag = dagbag.dags["lakehouse_daily"]
     assert isinstance(dag.timetable, CronDataIntervalTimetable)
     assert (dag.timetable.expression, str(dag.timetable.timezone)) == ("0 0 * * *", "UTC")
-    assert dag.max_active_runs == 1
+    assert dag.start_date.date().isoformat() == "2010-12-01" and dag.catchup is False
+    assert dag.max_active_runs == 3
     for source in SOURCES:
         find = dag.get_task(f"{source}.find_delivery")
         upstream = find.task_id
@@ -51,18 +54,42 @@ def test_lakehouse_daily_runs_bronze_then_silver_then_gold_per_source(dagbag):
             assert args[args.index("--ingestion-date") + 1] == "{{ ds }}"
             assert job.packages.startswith("io.delta:delta-spark_")
             assert job.conf["spark.sql.extensions"] == "io.delta.sql.DeltaSparkSessionExtension"
+            assert job.pool == pool_name(layer)
+            assert job.retries == 2 and job.retry_exponential_backoff
+            assert [type(link) for link in job.operator_extra_links] == [DataDocsLink]
+            assert {asset.name for asset in job.outlets} == {f"{layer}.{table}"
+                                                            for table in PUBLISHED_TABLES[(layer, source)]}
             upstream = job.task_id
-        gold = dag.get_task(f"{source}.gold").application_args
-        assert gold[gold.index("--refresh") + 1] == "{{ params.refresh }}"
 
 
-def test_gold_refresh_is_a_param_with_two_choices(dagbag):
-    params = dagbag.dags["lakehouse_daily"].params
-    assert params["refresh"] == "incremental"
-    assert params.get_param("refresh").schema["enum"] == ["incremental", "full"]
+def test_published_tables_are_the_jobs_tables_and_each_has_a_suite():
+    from expectations.gate import suite_names
+    from spark_jobs.transforms.dimensions import DIMENSIONS
+    from spark_jobs.transforms.gold import marts_of
+
+    for source in SOURCES:
+        assert PUBLISHED_TABLES[("gold", source)] == tuple(mart.table for mart in marts_of(source))
+    assert set(PUBLISHED_TABLES[("silver", "orders")]) >= {dimension.table for dimension in DIMENSIONS}
+    published = {f"{layer}.{table}" for (layer, _), tables in PUBLISHED_TABLES.items() for table in tables}
+    assert published == set(suite_names())
 
 
-def test_a_missing_delivery_skips_the_source(tmp_path, monkeypatch):
+def test_params_have_descriptions_and_full_refresh_reaches_gold(dagbag):
+    dag = dagbag.dags["lakehouse_daily"]
+    params = dag.params
+    assert params["full_refresh"] is False
+    assert params["sources"] == list(SOURCES)
+    for name in ("full_refresh", "sources"):
+        assert params.get_param(name).description
+    gold = dag.get_task("orders.gold")
+    template = gold.application_args[gold.application_args.index("--refresh") + 1]
+    from jinja2 import Template
+
+    assert [Template(template).render(params={"full_refresh": value}) for value in (True, False)] == \
+        ["full", "incremental"]
+
+
+def test_a_missing_delivery_or_an_unselected_source_skips_the_source(tmp_path, monkeypatch):
     from airflow.sdk.exceptions import AirflowSkipException
 
     import dags.lakehouse_daily as module
@@ -72,3 +99,23 @@ def test_a_missing_delivery_skips_the_source(tmp_path, monkeypatch):
         module.find_delivery.function("orders", ds="2010-12-01")
     (tmp_path / "orders" / "2010-12-01").mkdir(parents=True)
     assert module.find_delivery.function("orders", ds="2010-12-01") == str(tmp_path / "orders" / "2010-12-01")
+    with pytest.raises(AirflowSkipException, match=r"orders is not among this run's sources \['events'\]"):
+        module.find_delivery.function("orders", ds="2010-12-01", params={"sources": ["events"]})
+
+
+def test_refused_data_fails_without_retry_and_other_failures_are_retried(monkeypatch):
+    """Exit status 2 (a failed gate, an unreadable delivery) is final; any other failure may be retried."""
+    from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+    from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+    from include.orchestration import LayerJobOperator
+
+    job = LayerJobOperator(layer="silver", source="events")
+    for status, expected in ((2, AirflowFailException), (1, AirflowException), (137, AirflowException)):
+        def submit(self, context, status=status):
+            self._hook = type("Hook", (), {"_submit_sp": type("Process", (), {"returncode": status})()})()
+            raise AirflowException(f"Cannot execute: spark-submit ... Error code is: {status}.")
+        monkeypatch.setattr(SparkSubmitOperator, "execute", submit)
+        with pytest.raises(AirflowException) as raised:
+            job.execute({})
+        assert type(raised.value) is expected, status

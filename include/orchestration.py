@@ -1,0 +1,167 @@
+"""How the lakehouse runs inside Airflow: the layer job operator, its Data Docs link, and the pools and
+connections Airflow's metadata database must hold.
+
+Concurrent runs: Delta on a local file system does not protect two writers in separate processes from
+each other (two Spark applications can both commit version N of a table, and one commit is lost). Every
+layer job of every source writes a table shared by the sources (`bronze/ingested_files`,
+`silver/quarantine`, gold's progress table), so each layer has an Airflow pool with one slot: at most one
+bronze, one silver and one gold job run at a time, whatever the number of active runs. Runs of
+different dates still overlap (bronze of one date beside silver of another), and because every job is
+idempotent per ingestion date, the order in which the dates pass a layer does not change the tables.
+Writers outside Airflow (`make run`'s `airflow dags test`, a notebook) are not covered by the pools:
+do not run them against the warehouse of a running scheduler.
+
+`python -m include.orchestration` creates or updates the pools and connections (`make airflow` and
+`make run` do).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from urllib.parse import urlparse
+
+from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+from airflow.sdk import Asset, BaseOperatorLink
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+from include.config import LAYERS, PROJECT_ROOT, Settings, delta_package, get_settings
+from include.sources import PUBLISHED_TABLES, validation_run_name
+
+# A job that refuses its input (a failed gate, a delivery it cannot read) exits with this status.
+REFUSED_EXIT_STATUS = 2
+# Where the Airflow plugin in plugins/ serves the Data Docs site.
+DATA_DOCS_PREFIX = "/data-docs"
+
+
+def pool_name(layer: str) -> str:
+    return f"lakehouse_{layer}"
+
+
+POOLS = {
+    pool_name(layer): (1, f"{layer} jobs, one at a time: Delta on a local file system does not serialise "
+                          f"concurrent writers of a table, and the {layer} jobs of both sources share tables")
+    for layer in LAYERS
+}
+
+
+def data_docs_run_url(run_name: str) -> str:
+    """The plugin's page for one validation run, relative to the Airflow UI's host (and base path)."""
+    from airflow.configuration import conf
+
+    base_path = urlparse(conf.get("api", "base_url", fallback="") or "").path.rstrip("/")
+    return f"{base_path}{DATA_DOCS_PREFIX}/runs/{run_name}"
+
+
+def table_asset(settings: Settings, layer: str, table: str) -> Asset:
+    """The Airflow Asset of one published Delta table."""
+    return Asset(name=f"{layer}.{table}", uri=f"file://{settings.table_path(layer, table)}", group="lakehouse")
+
+
+class DataDocsLink(BaseOperatorLink):
+    """The task's "Data Docs" button: the validation pages of this date, layer and source."""
+
+    name = "Data Docs"
+
+    def get_link(self, operator, *, ti_key) -> str:
+        run_name = getattr(operator, "gate_run", "")
+        return data_docs_run_url(run_name) if run_name and "{{" not in run_name else ""
+
+
+class LayerJobOperator(SparkSubmitOperator):
+    """spark-submit of one layer job for one source and the run's ingestion date.
+
+    A job that exits with status 2 refused its data (a failed gate, an unreadable delivery): the task
+    fails at once, without retries, since running it again would refuse the same data. Any other failure
+    (a killed JVM, a full disk, a lost executor) is retried as the DAG's retries say.
+    """
+
+    template_fields = (*SparkSubmitOperator.template_fields, "gate_run")
+    operator_extra_links = (DataDocsLink(),)
+
+    def __init__(self, *, layer: str, source: str, settings: Settings | None = None,
+                 options: list[str] | None = None, **kwargs) -> None:
+        settings = settings or get_settings()
+        # The driver's heap is a spark-submit option; the rest of the Spark settings travel as --conf.
+        conf = {key: value for key, value in settings.spark_conf().items() if key != "spark.driver.memory"}
+        super().__init__(
+            task_id=layer,
+            conn_id=settings.spark_conn_id,
+            application=str(PROJECT_ROOT / "spark_jobs" / f"{layer}.py"),
+            application_args=["--source", source, "--ingestion-date", "{{ ds }}", "--run-id", "{{ run_id }}",
+                              *(options or [])],
+            name=f"{layer}-{source}-{{{{ ds }}}}",
+            packages=delta_package(),
+            conf=conf,
+            driver_memory=settings.driver_memory,
+            pool=pool_name(layer),
+            outlets=[table_asset(settings, layer, table) for table in PUBLISHED_TABLES[(layer, source)]],
+            **kwargs,
+        )
+        self.layer = layer
+        self.source = source
+        self.gate_run = validation_run_name("{{ ds }}", layer, source)
+
+    def execute(self, context) -> None:
+        try:
+            super().execute(context)
+        except AirflowException as error:
+            if self._exit_status() == REFUSED_EXIT_STATUS:
+                raise AirflowFailException(
+                    f"{self.layer} {self.source} refused its input (exit status {REFUSED_EXIT_STATUS}; the reason "
+                    f"is logged above): not retried, the same data would be refused again") from error
+            raise
+
+    def _exit_status(self) -> int | None:
+        process = getattr(self._hook, "_submit_sp", None)
+        return getattr(process, "returncode", None)
+
+
+def connections(settings: Settings) -> dict[str, dict]:
+    """The connections the DAG uses, as `airflow connections import` reads them. Only connections
+    without secrets live here; a Databricks token belongs in the connection the operator creates by hand
+    or in AIRFLOW_CONN_DATABRICKS_DEFAULT, never in the repository."""
+    return {"spark_local": {"conn_type": "spark", "host": settings.spark_master,
+                            "description": "the local Spark the layer jobs run on when LAKEHOUSE_RUNTIME=local"}}
+
+
+def apply(settings: Settings) -> list[str]:
+    """Create or update the pools and connections in Airflow's metadata database; what was done, one line each."""
+    from airflow.models import Connection, Pool
+    from airflow.utils.session import create_session
+
+    done = []
+    with create_session() as session:
+        for name, (slots, description) in POOLS.items():
+            pool = session.query(Pool).filter(Pool.pool == name).one_or_none()
+            if pool is None:
+                session.add(Pool(pool=name, slots=slots, description=description, include_deferred=False))
+                done.append(f"pool {name}: created with {slots} slot(s)")
+            elif (pool.slots, pool.description) != (slots, description):
+                pool.slots, pool.description = slots, description
+                done.append(f"pool {name}: set to {slots} slot(s)")
+        for conn_id, fields in connections(settings).items():
+            wanted = Connection(conn_id=conn_id, **fields)
+            current = session.query(Connection).filter(Connection.conn_id == conn_id).one_or_none()
+            if current is None:
+                session.add(wanted)
+                done.append(f"connection {conn_id}: created ({fields['conn_type']} {fields['host']})")
+            elif (current.conn_type, current.host, current.description) != \
+                    (wanted.conn_type, wanted.host, wanted.description):
+                current.conn_type, current.host, current.description = wanted.conn_type, wanted.host, wanted.description
+                done.append(f"connection {conn_id}: updated ({fields['conn_type']} {fields['host']})")
+    return done
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = argv if argv is not None else sys.argv[1:]
+    if args == ["--print"]:
+        print(json.dumps({"pools": POOLS, "connections": connections(get_settings())}, indent=2))
+        return 0
+    for line in apply(get_settings()) or ["pools and connections already up to date"]:
+        print(f"airflow setup: {line}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
