@@ -19,14 +19,17 @@ export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION := True
-# The local Spark "cluster" the DAG submits to when LAKEHOUSE_RUNTIME=local (the default).
-export AIRFLOW_CONN_SPARK_LOCAL ?= {"conn_type": "spark", "host": "$(LAKEHOUSE_SPARK_MASTER)"}
+# The UI's port (`make airflow`).
+export AIRFLOW__API__PORT ?= 8080
+# The embedded SQLite metadata database: writers wait up to 60 s for each other (include/airflow_sqlite.py).
+export AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS ?= include.airflow_sqlite.CONNECT_ARGS
+export AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC ?= include.airflow_sqlite.CONNECT_ARGS
 
 RUN_DAYS ?= 3
 RUN_EVENTS_PER_DAY ?= 20000
 RUN_FIRST_DAY ?= 2010-12-01
 
-.PHONY: help setup run test test-slow dag-test airflow-db clean
+.PHONY: help setup run test test-slow browser dag-test airflow airflow-stop backfill airflow-db clean
 
 help:
 	@echo "make setup                   create .venv with the pinned requirements (idempotent)"
@@ -34,6 +37,10 @@ help:
 	@echo "make test                    run the test suite (all but the tests marked slow)"
 	@echo "make test-slow               run the slow acceptance tests"
 	@echo "make dag-test DATE=YYYY-MM-DD run lakehouse_daily for one ingestion date (airflow dags test)"
+	@echo "make airflow                 start Airflow in the background: UI on localhost:8080, login printed"
+	@echo "make airflow-stop            stop it (running tasks included)"
+	@echo "make backfill FROM=YYYY-MM-DD TO=YYYY-MM-DD [REPROCESS=none|failed|completed]"
+	@echo "                             backfill lakehouse_daily over those ingestion dates (Airflow must be up)"
 	@echo "make clean                   remove data/, .airflow/ and .venv/"
 
 setup: $(SETUP_STAMP)
@@ -56,39 +63,26 @@ $(SETUP_STAMP): requirements.txt
 	echo "setup: installed requirements.txt into .venv in $$(( $$(date +%s) - started )) s"
 	@touch "$@"
 
+# The metadata database, with the pools and connections of include/orchestration.py.
 airflow-db: setup
 	@mkdir -p "$(AIRFLOW_HOME)"
 	@airflow db migrate > "$(AIRFLOW_HOME)/db-migrate.log" 2>&1 || { cat "$(AIRFLOW_HOME)/db-migrate.log"; exit 1; }
+	@python -m include.orchestration
 
-run: airflow-db
-	@python -m include.tools.stage_orders --from $(RUN_FIRST_DAY) --days $(RUN_DAYS)
-	@python -m include.tools.generate_events --from $(RUN_FIRST_DAY) --days $(RUN_DAYS) \
-		--events-per-day $(RUN_EVENTS_PER_DAY) --defect-rate 0.01
-	@for date in $$(python -m include.tools.stage_orders --from $(RUN_FIRST_DAY) --days $(RUN_DAYS) --list); do \
-		echo "== lakehouse_daily $$date"; \
-		airflow dags test lakehouse_daily $$date > "$(AIRFLOW_HOME)/dags-test-$$date.log" 2>&1 \
-			|| { tail -n 60 "$(AIRFLOW_HOME)/dags-test-$$date.log"; echo "the run for $$date failed; full log: $(AIRFLOW_HOME)/dags-test-$$date.log"; exit 1; }; \
-		grep -hoE "(bronze [a-z]+ [0-9-]+: [0-9,]+ rows .* -> [^ ]+|silver [a-z]+ [0-9-]+: [0-9,]+ rows kept, [0-9,]+ quarantined|gold [a-z]+ [a-z_]+: [a-z]+ refresh to silver version [0-9]+(, [0-9,]+ keys recomputed)?|no [a-z]+ delivery for [^']+)" "$(AIRFLOW_HOME)/dags-test-$$date.log" | sort -u; \
-	done
-	@python -m include.tools.show_tables
+airflow: setup
+	@python -m include.tools.airflow_stack start
 
-dag-test: airflow-db
-	@test -n "$(DATE)" || { echo "usage: make dag-test DATE=YYYY-MM-DD" >&2; exit 2; }
-	airflow dags test lakehouse_daily $(DATE)
-	@python -m include.tools.show_tables --date $(DATE)
+airflow-stop:
+	@if [ -x "$(BIN)/python" ]; then python -m include.tools.airflow_stack stop; else echo "Airflow is not installed"; fi
 
-# Two pytest workers (pytest-xdist): the Airflow end-to-end runs and the in-process Spark tests wait
-# on different things, so they overlap well on two cores. Tests that share a costly fixture carry the
-# same xdist_group and run on one worker.
-TEST_WORKERS ?= 2
+REPROCESS ?= none
+backfill: setup
+	@test -n "$(FROM)" -a -n "$(TO)" || { echo "usage: make backfill FROM=YYYY-MM-DD TO=YYYY-MM-DD [REPROCESS=none|failed|completed]" >&2; exit 2; }
+	@python -m include.tools.airflow_stack backfill --from $(FROM) --to $(TO) --reprocess $(REPROCESS)
 
-test: setup
-	python -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=12 -m "not slow"
+# Debian's chromium and chromedriver for the browser test, when missing and installable.
+browser:
+	@bash include/install-browser.sh
 
-# Acceptance runs too long for every change: ten real days through silver and gold in reverse order and with
-# reruns, generated event days through gold in and out of order, the history bench on three small days.
-test-slow: setup
-	python -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=12 -m slow
-
-clean:
+clean: airflow-stop
 	rm -rf data .airflow .venv .pytest_cache
