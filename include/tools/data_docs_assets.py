@@ -16,6 +16,7 @@ import argparse
 import hashlib
 import io
 import os
+import re
 import shutil
 import sys
 import tarfile
@@ -129,6 +130,9 @@ def fetch(target: Path = DEFAULT_DIR) -> Path:
     return target
 
 
+GX_LOGO = re.compile(r'src="https://great-expectations-web-assets\.s3[^"]*/logo-long\.png[^"]*"')
+
+
 def localize(site: Path, pages: list[Path], assets: Path = DEFAULT_DIR) -> bool:
     """Copy the assets into the site (once) and point `pages` at them; False when they were never fetched."""
     if not (assets / ".complete").is_file():
@@ -143,6 +147,8 @@ def localize(site: Path, pages: list[Path], assets: Path = DEFAULT_DIR) -> bool:
         changed = text
         for url, local in LINKS.items():
             changed = changed.replace(f'"{url}"', f'"{prefix}/{local}"')
+        # GX's logo comes from its S3 bucket (with the project's id in the query); the site has a copy.
+        changed = GX_LOGO.sub(f'src="{os.path.relpath(site / "static" / "images", page.parent)}/logo-long.png"', changed)
         if changed != text:
             page.write_text(changed, encoding="utf-8")
     return True
