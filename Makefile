@@ -80,6 +80,36 @@ backfill: setup
 	@test -n "$(FROM)" -a -n "$(TO)" || { echo "usage: make backfill FROM=YYYY-MM-DD TO=YYYY-MM-DD [REPROCESS=none|failed|completed]" >&2; exit 2; }
 	@python -m include.tools.airflow_stack backfill --from $(FROM) --to $(TO) --reprocess $(REPROCESS)
 
+run: airflow-db
+	@python -m include.tools.stage_orders --from $(RUN_FIRST_DAY) --days $(RUN_DAYS)
+	@python -m include.tools.generate_events --from $(RUN_FIRST_DAY) --days $(RUN_DAYS) \
+		--events-per-day $(RUN_EVENTS_PER_DAY) --defect-rate 0.01
+	@for date in $$(python -m include.tools.stage_orders --from $(RUN_FIRST_DAY) --days $(RUN_DAYS) --list); do \
+		echo "== lakehouse_daily $$date"; \
+		airflow dags test lakehouse_daily $$date > "$(AIRFLOW_HOME)/dags-test-$$date.log" 2>&1 \
+			|| { tail -n 60 "$(AIRFLOW_HOME)/dags-test-$$date.log"; echo "the run for $$date failed; full log: $(AIRFLOW_HOME)/dags-test-$$date.log"; exit 1; }; \
+		grep -hoE "(bronze [a-z]+ [0-9-]+: [0-9,]+ rows .* -> [^ ]+|silver [a-z]+ [0-9-]+: [0-9,]+ rows kept, [0-9,]+ quarantined|gold [a-z]+ [a-z_]+: [a-z]+ refresh to silver version [0-9]+(, [0-9,]+ keys recomputed)?|no [a-z]+ delivery for [^']+)" "$(AIRFLOW_HOME)/dags-test-$$date.log" | sort -u; \
+	done
+	@python -m include.tools.show_tables
+
+dag-test: airflow-db
+	@test -n "$(DATE)" || { echo "usage: make dag-test DATE=YYYY-MM-DD" >&2; exit 2; }
+	airflow dags test lakehouse_daily $(DATE)
+	@python -m include.tools.show_tables --date $(DATE)
+
+# Two pytest workers (pytest-xdist): the Airflow end-to-end runs and the in-process Spark tests wait
+# on different things, so they overlap well on two cores. Tests that share a costly fixture carry the
+# same xdist_group and run on one worker.
+TEST_WORKERS ?= 2
+
+test: setup browser
+	python -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=12 -m "not slow"
+
+# Acceptance runs too long for every change: a backfill of five real days through a running Airflow, ten real days through silver and gold in reverse order and with
+# reruns, generated event days through gold in and out of order, the history bench on three small days.
+test-slow: setup browser
+	python -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=12 -m slow
+
 # Debian's chromium and chromedriver for the browser test, when missing and installable.
 browser:
 	@bash include/install-browser.sh

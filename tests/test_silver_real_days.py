@@ -5,8 +5,8 @@ reverse order and with reruns, the silver, quarantine, dimension and gold tables
 equal to what tests/reference.py derives from the delivered files; `gold/daily_sales` must equal the
 definition applied to those days to the penny, and a full refresh must leave every mart as it was. The
 reverse-order and rerun builds are marked `slow`: `make test-slow` runs them; `make test` covers
-processing order on hand-written days (tests/test_silver_job.py) and on two real days run out of order
-through Airflow (tests/test_end_to_end.py).
+processing order on hand-written days (tests/test_silver_job.py) and on real days backfilled through
+Airflow with several runs at once (tests/test_airflow.py).
 """
 
 from __future__ import annotations
