@@ -98,7 +98,7 @@ def test_a_day_with_30_percent_empty_user_ids_is_refused_by_the_silver_gate(spar
     assert (lakehouse.data_docs / "static" / "vendor" / "bootstrap-table.min.js").is_file()
     assert '"static/vendor/bootstrap-table.min.js"' in index and "unpkg.com" not in index
     assert "unpkg.com" not in page.read_text() and "/static/vendor/jquery.min.js" in page.read_text()
-    assert 'src="static/images/logo-long.png"' in index and "amazonaws.com" not in index + page.read_text()
+    assert 'src="static/images/logo-long.png"' in index and "/logo-long.png?" not in index + page.read_text()
 
 
 def test_broken_silver_accounting_is_refused(spark, lakehouse, monkeypatch, sample_orders_dir):
