@@ -283,7 +283,16 @@ def test_a_browser_logs_in_sees_the_backfill_runs_and_opens_data_docs(airflow):
         browser.switch_to.default_content()
         browser.save_screenshot(str(ARTIFACTS / "airflow-data-docs.png"))
 
-        browser.get(stack.url + f"/data-docs/runs/{REAL_DAYS[0]}.gold.orders")
+        # A layer task's Details tab has the Data Docs button; it opens that date's validations.
+        first = next(run for run in stack.api("GET", "/dags/lakehouse_daily/dagRuns?run_type=backfill")["dag_runs"]
+                     if run["logical_date"].startswith(REAL_DAYS[0].isoformat()))
+        browser.get(f"{stack.url}/dags/lakehouse_daily/runs/{first['dag_run_id']}/tasks/orders.gold/details")
+        button = wait.until(lambda b: [link for link in b.find_elements(By.XPATH, "//a[contains(., 'Data Docs')]")
+                                       if link.is_displayed()])[0]
+        assert urllib.parse.urlparse(button.get_attribute("href")).path == f"/data-docs/runs/{REAL_DAYS[0]}.gold.orders"
+        button.click()
+        wait.until(lambda b: "/data-docs/runs/" in b.current_url)
+        assert "gold.daily_sales" in browser.find_element(By.TAG_NAME, "body").text
         assert "Passed" in browser.find_element(By.TAG_NAME, "body").text
 
         # Logged out, the same address leads to the login page and shows no validation.
