@@ -40,6 +40,12 @@ recomputing the keys silver changed (the result is the same; a full refresh is t
 **sources** limits the run to some sources (the others' tasks are skipped).
 
 Each layer task's **Data Docs** button opens the validation pages of its date in the Airflow UI.
+
+Where the jobs run (`LAKEHOUSE_RUNTIME`, the same job files everywhere): **local** (default) spark-submit
+to local Spark (connection `spark_local`); **spark** spark-submit to the standalone cluster in the
+`spark_default` connection, the project's code shipped with `--py-files`; **databricks** a one-time
+Databricks run per layer job (connection `databricks_default`; tables in Unity Catalog, deliveries in a
+volume; see include/databricks.py), cancelled when its Airflow task is killed.
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ import pendulum
 from airflow.sdk import CronDataIntervalTimetable, Param, TaskGroup, dag, task
 
 from include.config import get_settings
-from include.orchestration import LayerJobOperator
+from include.orchestration import layer_task
 from include.sources import SOURCES
 
 SETTINGS = get_settings()
@@ -62,16 +68,16 @@ def find_delivery(source: str, ds: str | None = None, params: dict | None = None
     from airflow.sdk.exceptions import AirflowSkipException
 
     from include.config import get_settings
+    from include.orchestration import find_delivery_files
 
     selected = (params or {}).get("sources", list(SOURCES))
     if source not in selected:
         raise AirflowSkipException(f"{source} is not among this run's sources {selected}")
-    folder = get_settings().landing_dir(source, ds)
-    if not folder.is_dir():
+    folder, files = find_delivery_files(get_settings(), source, ds)
+    if files is None:
         raise AirflowSkipException(f"no {source} delivery for {ds}: {folder} does not exist")
-    files = sorted(entry.name for entry in folder.iterdir())
     print(f"{source} delivery for {ds} in {folder}: {len(files)} entries {files}")
-    return str(folder)
+    return folder
 
 
 @dag(
@@ -113,10 +119,10 @@ def lakehouse_daily():
     for source in SOURCES.values():
         with TaskGroup(group_id=source.name, tooltip=source.description):
             (find_delivery(source.name)
-             >> LayerJobOperator(layer="bronze", source=source.name, settings=SETTINGS)
-             >> LayerJobOperator(layer="silver", source=source.name, settings=SETTINGS)
-             >> LayerJobOperator(layer="gold", source=source.name, settings=SETTINGS,
-                                 options=["--refresh", "{{ 'full' if params.full_refresh else 'incremental' }}"]))
+             >> layer_task("bronze", source.name, SETTINGS)
+             >> layer_task("silver", source.name, SETTINGS)
+             >> layer_task("gold", source.name, SETTINGS,
+                           options=["--refresh", "{{ 'full' if params.full_refresh else 'incremental' }}"]))
 
 
 lakehouse_daily()

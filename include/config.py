@@ -19,6 +19,10 @@ comes from the environment with a default that keeps everything inside the check
     LAKEHOUSE_SHUFFLE_PARTITIONS   spark.sql.shuffle.partitions (4: a small machine)
     LAKEHOUSE_SPARK_UI             Spark UI on or off         (true)
     LAKEHOUSE_SPARK_JAVA_OPTIONS   extra JVM options for the Spark driver ("")
+    LAKEHOUSE_SPARK_EXECUTOR_MEMORY  executor heap on a Spark cluster (1g)
+    LAKEHOUSE_SPARK_CORES_MAX      cores one layer job may take on a Spark cluster (unset: all)
+    LAKEHOUSE_CATALOG              address tables as `<catalog>.<layer>.<table>` (Unity Catalog on
+                                   Databricks) instead of paths under the warehouse (unset: paths)
     LAKEHOUSE_START_DATE           first ingestion date of lakehouse_daily's schedule (2010-12-01,
                                    the first real orders day)
     LAKEHOUSE_CATCHUP              schedule a run for every missed date since the start (false)
@@ -34,6 +38,7 @@ long-running session or a large day is slower with it.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
@@ -79,6 +84,9 @@ class Settings:
     shuffle_partitions: int = 4
     spark_ui: bool = True
     java_options: str = ""
+    executor_memory: str = "1g"
+    cores_max: int | None = None
+    catalog: str | None = None
     gx_root: Path | None = None
     data_docs: Path | None = None
     max_quarantine_share: Mapping[str, float] | None = None
@@ -107,6 +115,7 @@ class Settings:
             start_date = date.fromisoformat(env.get("LAKEHOUSE_START_DATE", "2010-12-01"))
             max_active_runs = int(env.get("LAKEHOUSE_MAX_ACTIVE_RUNS", "3"))
             task_retries = int(env.get("LAKEHOUSE_TASK_RETRIES", "2"))
+            cores_max = int(env["LAKEHOUSE_SPARK_CORES_MAX"]) if env.get("LAKEHOUSE_SPARK_CORES_MAX") else None
         except ValueError as error:
             raise ValueError(f"bad setting in the environment: {error}") from None
         if max_active_runs < 1 or task_retries < 0:
@@ -141,6 +150,9 @@ class Settings:
             shuffle_partitions=partitions,
             spark_ui=spark_ui,
             java_options=env.get("LAKEHOUSE_SPARK_JAVA_OPTIONS", "").strip(),
+            executor_memory=env.get("LAKEHOUSE_SPARK_EXECUTOR_MEMORY", "1g"),
+            cores_max=cores_max,
+            catalog=_catalog(env.get("LAKEHOUSE_CATALOG", "")),
         )
 
     @property
@@ -157,6 +169,14 @@ class Settings:
             raise ValueError(f"unknown layer {layer!r}; layers are {', '.join(LAYERS)}")
         return str(self.warehouse / layer / table)
 
+    def table_location(self, layer: str, table: str) -> str:
+        """Where the jobs find a table: `<catalog>.<layer>.<table>` with LAKEHOUSE_CATALOG set, else its path."""
+        if self.catalog:
+            if layer not in LAYERS:
+                raise ValueError(f"unknown layer {layer!r}; layers are {', '.join(LAYERS)}")
+            return f"{self.catalog}.{layer}.{table}"
+        return self.table_path(layer, table)
+
     def spark_conf(self) -> dict[str, str]:
         """Spark settings for every job, whether the session is built here or by spark-submit."""
         return {
@@ -172,6 +192,13 @@ class Settings:
             "spark.driver.extraJavaOptions":
                 f"-Dlog4j.configurationFile=file:{LOG4J_CONFIG} {self.java_options}".strip(),
         }
+
+
+def _catalog(value: str) -> str | None:
+    value = value.strip()
+    if value and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+        raise ValueError(f"LAKEHOUSE_CATALOG={value!r}: expected a catalog name (letters, digits, underscores)")
+    return value or None
 
 
 def get_settings() -> Settings:

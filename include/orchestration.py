@@ -17,8 +17,7 @@ do not run them against the warehouse of a running scheduler.
 
 from __future__ import annotations
 
-import json
-import sys
+from pathlib import Path
 from urllib.parse import urlparse
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
@@ -53,9 +52,46 @@ def data_docs_run_url(run_name: str) -> str:
     return f"{base_path}{DATA_DOCS_PREFIX}/runs/{run_name}"
 
 
-def table_asset(settings: Settings, layer: str, table: str) -> Asset:
-    """The Airflow Asset of one published Delta table."""
-    return Asset(name=f"{layer}.{table}", uri=f"file://{settings.table_path(layer, table)}", group="lakehouse")
+def table_asset(settings: Settings, layer: str, table: str, databricks=None) -> Asset:
+    """The Airflow Asset of one published Delta table: its path, or on Databricks its Unity Catalog table
+    in the Databricks provider's form, databricks://<workspace host>/<catalog>/<schema>/<table>."""
+    if databricks is not None:
+        uri = f"databricks://{databricks.host}/{databricks.catalog}/{layer}/{table}"
+    else:
+        uri = f"file://{settings.table_path(layer, table)}"
+    return Asset(name=f"{layer}.{table}", uri=uri, group="lakehouse")
+
+
+def job_parameters(source: str, options: list[str] | None = None) -> list[str]:
+    """The command line of a layer job, the same under spark-submit and as a Databricks task."""
+    return ["--source", source, "--ingestion-date", "{{ ds }}", "--run-id", "{{ run_id }}", *(options or [])]
+
+
+def layer_task(layer: str, source: str, settings: Settings, options: list[str] | None = None):
+    """The task that runs one layer job for one source on the runtime LAKEHOUSE_RUNTIME names."""
+    if settings.runtime == "databricks":
+        from include.databricks import DatabricksSettings, LayerDatabricksOperator
+
+        databricks = DatabricksSettings.from_env()
+        return LayerDatabricksOperator(
+            layer=layer, source=source, settings=settings, databricks=databricks,
+            parameters=job_parameters(source, options), pool=pool_name(layer),
+            outlets=[table_asset(settings, layer, table, databricks)
+                     for table in PUBLISHED_TABLES[(layer, source)]])
+    return LayerJobOperator(layer=layer, source=source, settings=settings, options=options)
+
+
+def find_delivery_files(settings: Settings, source: str, ingestion_date: str) -> tuple[str, list[str] | None]:
+    """The landing folder of a source's delivery for a date and the names in it (None: no such folder).
+    On Databricks the landing zone is a volume, listed through the Files API."""
+    if settings.runtime == "databricks":
+        from include.databricks import DatabricksSettings, list_volume_folder
+
+        databricks = DatabricksSettings.from_env()
+        folder = databricks.landing_dir(source, ingestion_date)
+        return folder, list_volume_folder(databricks.conn_id, folder)
+    folder = settings.landing_dir(source, ingestion_date)
+    return str(folder), sorted(entry.name for entry in folder.iterdir()) if folder.is_dir() else None
 
 
 class DataDocsLink(BaseOperatorLink):
@@ -84,12 +120,15 @@ class LayerJobOperator(SparkSubmitOperator):
         settings = settings or get_settings()
         # The driver's heap is a spark-submit option; the rest of the Spark settings travel as --conf.
         conf = {key: value for key, value in settings.spark_conf().items() if key != "spark.driver.memory"}
+        if settings.runtime == "spark":
+            conf["spark.executor.memory"] = settings.executor_memory
+            if settings.cores_max:
+                conf["spark.cores.max"] = str(settings.cores_max)
         super().__init__(
             task_id=layer,
             conn_id=settings.spark_conn_id,
             application=str(PROJECT_ROOT / "spark_jobs" / f"{layer}.py"),
-            application_args=["--source", source, "--ingestion-date", "{{ ds }}", "--run-id", "{{ run_id }}",
-                              *(options or [])],
+            application_args=job_parameters(source, options),
             name=f"{layer}-{source}-{{{{ ds }}}}",
             packages=delta_package(),
             conf=conf,
@@ -100,9 +139,17 @@ class LayerJobOperator(SparkSubmitOperator):
         )
         self.layer = layer
         self.source = source
+        self.runtime = settings.runtime
+        self.code_directory = str(settings.airflow_home / "code")
         self.gate_run = validation_run_name("{{ ds }}", layer, source)
 
     def execute(self, context) -> None:
+        if self.runtime == "spark":
+            # A cluster's executors import the project from the application's files, not the checkout.
+            from include.code_archive import build
+
+            self.py_files = str(build(Path(self.code_directory)))
+            self.log.info("shipping the project's code to the executors: %s", self.py_files)
         try:
             super().execute(context)
         except AirflowException as error:
@@ -118,11 +165,21 @@ class LayerJobOperator(SparkSubmitOperator):
 
 
 def connections(settings: Settings) -> dict[str, dict]:
-    """The connections the DAG uses, as `airflow connections import` reads them. Only connections
-    without secrets live here; a Databricks token belongs in the connection the operator creates by hand
-    or in AIRFLOW_CONN_DATABRICKS_DEFAULT, never in the repository."""
+    """The connections the DAG's Spark runtimes use, kept up to date by `apply`. Only connections without
+    secrets live here; a Databricks token belongs in the `databricks_default` connection an operator
+    creates (UI, CLI or AIRFLOW_CONN_DATABRICKS_DEFAULT), never in the repository."""
     return {"spark_local": {"conn_type": "spark", "host": settings.spark_master,
                             "description": "the local Spark the layer jobs run on when LAKEHOUSE_RUNTIME=local"}}
+
+
+def default_connections() -> dict[str, dict]:
+    """Connections created when missing and otherwise left as their owner set them: `spark_default`
+    points at the cluster `make spark-cluster` starts until someone points it at theirs."""
+    from include.tools.spark_cluster import Cluster
+
+    return {"spark_default": {"conn_type": "spark", "host": Cluster.from_env().master_url,
+                              "description": "the Spark standalone master the layer jobs run on when "
+                                             "LAKEHOUSE_RUNTIME=spark (`make spark-cluster` starts one here)"}}
 
 
 def apply(settings: Settings) -> list[str]:
@@ -150,14 +207,14 @@ def apply(settings: Settings) -> list[str]:
                     (wanted.conn_type, wanted.host, wanted.description):
                 current.conn_type, current.host, current.description = wanted.conn_type, wanted.host, wanted.description
                 done.append(f"connection {conn_id}: updated ({fields['conn_type']} {fields['host']})")
+        for conn_id, fields in default_connections().items():
+            if session.query(Connection).filter(Connection.conn_id == conn_id).one_or_none() is None:
+                session.add(Connection(conn_id=conn_id, **fields))
+                done.append(f"connection {conn_id}: created ({fields['conn_type']} {fields['host']})")
     return done
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = argv if argv is not None else sys.argv[1:]
-    if args == ["--print"]:
-        print(json.dumps({"pools": POOLS, "connections": connections(get_settings())}, indent=2))
-        return 0
+def main() -> int:
     for line in apply(get_settings()) or ["pools and connections already up to date"]:
         print(f"airflow setup: {line}")
     return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from pathlib import Path
 from urllib.parse import quote
 
@@ -64,8 +65,6 @@ def index(request: Request) -> Response:
 @app.get("/runs/{run_name}", include_in_schema=False)
 def run_pages(run_name: str) -> Response:
     """Every validation page of one layer job's run (one per suite, newest attempt first)."""
-    import re
-
     if not re.match(RUN_NAME_PATTERN, run_name):
         raise HTTPException(404, f"not a validation run name: {run_name!r} (expected <date>.<layer>.<source>)")
     site = _site()

@@ -18,15 +18,17 @@ from datetime import date, datetime, timezone
 from functools import reduce
 from pathlib import Path
 
-# Run as a file (spark-submit, a Databricks spark_python_task), the project root is not on the path.
-if __package__ in (None, "") and "__file__" in globals():
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# Run as a file (spark-submit, a Databricks spark_python_task), the project root is not on the path. A
+# Databricks Python script task in workspace files starts in the script's folder, where __file__ may be unset.
+if __package__ in (None, ""):
+    sys.path.insert(0, str((Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()).parent))
 
 from expectations.gate import Check, GateFailed, audit
 from include.config import INGESTED_FILES_TABLE, Settings
 from include.landing import DeliveredFile, DeliveryError, inspect_file, list_delivery
 from include.sources import Source
-from spark_jobs.common import replace_partition, run_layer_job
+from spark_jobs import tables as store
+from spark_jobs.common import observed, replace_partition, run_layer_job
 from spark_jobs.transforms.bronze import without_carriage_return
 
 log = logging.getLogger("lakehouse.bronze")
@@ -91,19 +93,16 @@ def run_bronze(spark, settings: Settings, source: Source, ingestion_date: date, 
     audited = time.monotonic()
     validation_seconds = audited - validating
     observation = Observation(f"bronze_{source.name}")
-    bronze = staged.observe(
-        observation,
-        F.count(F.lit(1)).alias("rows"),
-        F.count_if(F.col("_is_malformed")).alias("malformed"),
-    )
-    table = settings.table_path("bronze", source.name)
+    counts = (F.count(F.lit(1)).alias("rows"), F.count_if(F.col("_is_malformed")).alias("malformed"))
+    bronze = staged.observe(observation, *counts)
+    table = settings.table_location("bronze", source.name)
     replace_partition(bronze, table, f"_ingestion_date = '{ingestion_date.isoformat()}'", ["_ingestion_date"],
                       BRONZE_TABLE_PROPERTIES)
-    metrics = observation.get
+    metrics = observed(observation, staged, *counts)
     staged.unpersist()
     written = time.monotonic()
     _warn_about_repeated_files(spark, settings, source, ingestion_date, delivered)
-    replace_partition(manifest, settings.table_path(*INGESTED_FILES_TABLE),
+    replace_partition(manifest, settings.table_location(*INGESTED_FILES_TABLE),
                       f"source = '{source.name}' AND ingestion_date = '{ingestion_date.isoformat()}'", ["source"],
                       merge_schema=True)
     result = BronzeResult(
@@ -171,12 +170,12 @@ def _warn_about_repeated_files(spark, settings, source, ingestion_date, delivere
     """Warn about files already ingested for another date, or twice in this delivery."""
     from pyspark.sql import functions as F
 
-    path = settings.table_path(*INGESTED_FILES_TABLE)
+    path = settings.table_location(*INGESTED_FILES_TABLE)
     checksums = [item.sha256 for item in delivered]
     seen = {}
-    if checksums and _is_delta_table(spark, path):
+    if checksums and store.exists(spark, path):
         earlier = (
-            spark.read.format("delta").load(path)
+            store.read(spark, path)
             .where((F.col("source") == source.name) & (F.col("ingestion_date") != F.lit(ingestion_date)))
             .where(F.col("sha256").isin(checksums))
             .select("sha256", "file", "ingestion_date")
@@ -192,12 +191,6 @@ def _warn_about_repeated_files(spark, settings, source, ingestion_date, delivere
             log.warning("%s is identical (sha256 %s) to %s in the same delivery",
                         item.relative_path, item.sha256[:12], first_in_delivery[item.sha256])
         first_in_delivery.setdefault(item.sha256, item.relative_path)
-
-
-def _is_delta_table(spark, path: str) -> bool:
-    from delta.tables import DeltaTable
-
-    return DeltaTable.isDeltaTable(spark, path)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -5,12 +5,30 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 import threading
 from collections.abc import Callable
 from datetime import date, datetime, timezone
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# Where a job cannot take environment variables (a Databricks task on an existing cluster or serverless),
+# the orchestrator passes its settings as `--setting LAKEHOUSE_...=value`.
+SETTING_PREFIX = "LAKEHOUSE_"
+# How a refusal reads where the exit status does not reach the orchestrator (a Databricks task's error).
+REFUSED = "RefusedInput"
+
+
+class RefusedInput(RuntimeError):
+    """The job refused its input (a failed gate, an unreadable delivery): running it again changes nothing."""
+
+
+def _setting(text: str) -> tuple[str, str]:
+    name, separator, value = text.partition("=")
+    suffix = name[len(SETTING_PREFIX):]
+    if not separator or not name.startswith(SETTING_PREFIX) or not suffix.replace("_", "").isalnum():
+        raise argparse.ArgumentTypeError(f"expected {SETTING_PREFIX}NAME=value, got {text!r}")
+    return name, value
 
 
 def job_arguments(description: str, argv: list[str] | None = None,
@@ -31,6 +49,14 @@ def job_arguments(description: str, argv: list[str] | None = None,
         "--run-id",
         default=None,
         help="the orchestrator's run id, stamped on every row (default: manual__<UTC time>)",
+    )
+    parser.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        type=_setting,
+        metavar="LAKEHOUSE_NAME=VALUE",
+        help="a lakehouse setting for this job, as if set in its environment (repeatable)",
     )
     if extra_arguments is not None:
         extra_arguments(parser)
@@ -54,7 +80,9 @@ def run_layer_job(layer: str, description: str, run, argv: list[str] | None = No
     """A layer job's entry point: arguments, logging, Spark session, then
     `run(spark, settings, source, date, run_id, **options)`, the options being what `extra_arguments` added.
 
-    `expected_errors` are problems with the data or the request, not the code: logged as one line, exit status 2.
+    `expected_errors` are problems with the data or the request, not the code: logged as one line, exit
+    status 2 - or, on Databricks, where a task's exit status is not reported, a `RefusedInput` error that the
+    Airflow task reads in the run's output.
     """
     from include.config import get_settings
     from include.sources import get_source
@@ -63,7 +91,8 @@ def run_layer_job(layer: str, description: str, run, argv: list[str] | None = No
     configure_logging()
     args = job_arguments(description, argv, extra_arguments)
     options = {name: value for name, value in vars(args).items()
-               if name not in ("source", "ingestion_date", "run_id")}
+               if name not in ("source", "ingestion_date", "run_id", "setting")}
+    os.environ.update(dict(args.setting))
     settings = get_settings()
     source = get_source(args.source)
     if settings.gates:
@@ -74,6 +103,8 @@ def run_layer_job(layer: str, description: str, run, argv: list[str] | None = No
         run(spark, settings, source, args.ingestion_date, args.run_id, **options)
     except expected_errors as error:
         logging.getLogger(f"lakehouse.{layer}").error("%s", error)
+        if "DATABRICKS_RUNTIME_VERSION" in os.environ:
+            raise RefusedInput(f"{layer} {source.name} {args.ingestion_date}: {error}") from error
         raise SystemExit(2) from error
 
 
@@ -81,7 +112,8 @@ def replace_partition(
     frame, path: str, predicate: str, partition_by: list[str], table_properties: dict[str, str] | None = None,
     merge_schema: bool = False,
 ) -> None:
-    """Replace the rows matching `predicate` with `frame` in one Delta commit.
+    """Replace the rows matching `predicate` with `frame` in one Delta commit; `path` is a table location
+    (a path, or a catalog name: see spark_jobs/tables.py).
 
     `table_properties` (`delta.*` keys) are set when the write creates the table; `merge_schema` adds
     columns the frame has and the table does not yet (older rows read them as null).
@@ -91,4 +123,18 @@ def replace_partition(
         writer = writer.option("mergeSchema", "true")
     for key, value in (table_properties or {}).items():
         writer = writer.option(key, value)
-    writer.partitionBy(*partition_by).save(path)
+    from spark_jobs import tables
+
+    tables.save(frame.sparkSession, writer.partitionBy(*partition_by), path)
+
+
+def observed(observation, frame, *metrics) -> dict:
+    """The metrics an `Observation` collected while `frame.observe(observation, *metrics)` was written, or,
+    where the write ran the rows in a nested query the observation does not see (creating or replacing a
+    table addressed by catalog name), the same metrics computed from `frame` (cached by the caller)."""
+    from py4j.protocol import Py4JJavaError
+
+    try:
+        return observation.get
+    except Py4JJavaError:
+        return frame.agg(*metrics).first().asDict()

@@ -27,13 +27,15 @@ from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from pathlib import Path
 
-# Run as a file (spark-submit, a Databricks spark_python_task), the project root is not on the path.
-if __package__ in (None, "") and "__file__" in globals():
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# Run as a file (spark-submit, a Databricks spark_python_task), the project root is not on the path. A
+# Databricks Python script task in workspace files starts in the script's folder, where __file__ may be unset.
+if __package__ in (None, ""):
+    sys.path.insert(0, str((Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()).parent))
 
 from expectations.gate import Check, GateFailed, audit
 from include.config import Settings
 from include.sources import Source
+from spark_jobs import tables as store
 from spark_jobs.common import replace_partition, run_layer_job
 
 log = logging.getLogger("lakehouse.gold")
@@ -56,8 +58,6 @@ class MartResult:
 
 def run_gold(spark, settings: Settings, source: Source, ingestion_date: date, run_id: str,
              refresh: str = "incremental", tables: list[str] | None = None) -> list[MartResult]:
-    from delta.tables import DeltaTable
-
     from spark_jobs.transforms.gold import marts_of
 
     if refresh not in REFRESH_MODES:
@@ -69,12 +69,12 @@ def run_gold(spark, settings: Settings, source: Source, ingestion_date: date, ru
                          f"its tables are {', '.join(mart.table for mart in marts)}")
     marts = [mart for mart in marts if not tables or mart.table in tables]
 
-    silver_path = settings.table_path("silver", source.name)
-    if not DeltaTable.isDeltaTable(spark, silver_path):
+    silver_path = settings.table_location("silver", source.name)
+    if not store.exists(spark, silver_path):
         raise RuntimeError(f"{silver_path} is not a Delta table: run the silver job for {source.name} first")
     # Every mart is brought to the same silver version, read as of that version throughout.
-    version = DeltaTable.forPath(spark, silver_path).history(1).first()["version"]
-    silver = spark.read.format("delta").option("versionAsOf", version).load(silver_path)
+    version = store.delta_table(spark, silver_path).history(1).first()["version"]
+    silver = store.read(spark, silver_path, versionAsOf=version)
     seen = _progress(spark, settings)
 
     plans: dict[str, str] = {}
@@ -82,7 +82,7 @@ def run_gold(spark, settings: Settings, source: Source, ingestion_date: date, ru
         last = seen.get(mart.table)
         if refresh == "full":
             plans[mart.table] = "full"
-        elif last is None or not all(DeltaTable.isDeltaTable(spark, settings.table_path("gold", table))
+        elif last is None or not all(store.exists(spark, settings.table_location("gold", table))
                                      for table in _tables_of(mart)):
             plans[mart.table] = "full"
             log.info("gold %s: first build, from all of silver %s", mart.table, source.name)
@@ -107,13 +107,13 @@ def run_gold(spark, settings: Settings, source: Source, ingestion_date: date, ru
     staged, seconds, counts, cached = [], {}, {}, []
     for mart in marts:
         started = time.monotonic()
-        path = settings.table_path("gold", mart.table)
+        path = settings.table_location("gold", mart.table)
         if plans[mart.table] == "full":
             inputs = silver
             if mart.rollup is not None:
-                _overwrite(mart.rollup.compute(silver), settings.table_path("gold", mart.rollup.table),
+                _overwrite(mart.rollup.compute(silver), settings.table_location("gold", mart.rollup.table),
                            [mart.rollup.date_column])
-                inputs = spark.read.format("delta").load(settings.table_path("gold", mart.rollup.table))
+                inputs = store.read(spark, settings.table_location("gold", mart.rollup.table))
             staged.append((mart, mart.build_from(inputs), lambda frame, path=path: _overwrite(frame, path)))
         elif plans[mart.table] == "incremental":
             touched = _touched_keys(changes, mart, seen[mart.table]).cache()
@@ -167,8 +167,8 @@ def _tables_of(mart) -> list[str]:
 
 
 def _overwrite(frame, path: str, partition_by: list[str] = ()) -> None:
-    (frame.write.format("delta").mode("overwrite").option("overwriteSchema", "true").partitionBy(*partition_by)
-     .save(path))
+    store.save(frame.sparkSession, frame.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
+                .partitionBy(*partition_by), path)
 
 
 def _refresh_rollup(spark, settings: Settings, rollup, silver, changes, last_version: int):
@@ -176,7 +176,7 @@ def _refresh_rollup(spark, settings: Settings, rollup, silver, changes, last_ver
     stands (a date left without silver rows loses its rollup rows), in one commit; the rollup as it now is."""
     from pyspark.sql import functions as F
 
-    path = settings.table_path("gold", rollup.table)
+    path = settings.table_location("gold", rollup.table)
     column = rollup.date_column
     dates = [row[0] for row in changes.where(F.col("_commit_version") > last_version).select(column).distinct()
              .collect()]
@@ -186,18 +186,17 @@ def _refresh_rollup(spark, settings: Settings, rollup, silver, changes, last_ver
         rows = rollup.compute(silver.where(F.col(column).isin(present)))
         replace_partition(rows, path, f"`{column}` IN ({listed})", [column])
         log.info("gold %s: rollup rows of %s %s date(s) recomputed", rollup.table, len(present), column)
-    return spark.read.format("delta").load(path)
+    return store.read(spark, path)
 
 
 def _progress(spark, settings: Settings) -> dict[str, int]:
     """The silver version each mart reflects, from `gold/mart_progress`."""
-    from delta.tables import DeltaTable
     from pyspark.sql import functions as F
 
-    path = settings.table_path("gold", PROGRESS_TABLE)
-    if not DeltaTable.isDeltaTable(spark, path):
+    path = settings.table_location("gold", PROGRESS_TABLE)
+    if not store.exists(spark, path):
         return {}
-    rows = (spark.read.format("delta").load(path)
+    rows = (store.read(spark, path)
             .groupBy("mart").agg(F.max_by("silver_version", "recorded_at").alias("silver_version")).collect())
     return {row.mart: row.silver_version for row in rows}
 
@@ -221,8 +220,8 @@ def _record_progress(spark, settings: Settings, source: Source, ingestion_date: 
     now = datetime.now(timezone.utc)
     rows = [(result.table, source.name, result.silver_version, result.refresh, result.keys, round(result.seconds, 3),
              ingestion_date, run_id, now) for result in results]
-    spark.createDataFrame(rows, schema).write.format("delta").mode("append").save(
-        settings.table_path("gold", PROGRESS_TABLE))
+    store.save(spark, spark.createDataFrame(rows, schema).write.format("delta").mode("append"),
+                settings.table_location("gold", PROGRESS_TABLE))
 
 
 def _changes(spark, silver_path: str, since: int, until: int, marts):
@@ -234,8 +233,7 @@ def _changes(spark, silver_path: str, since: int, until: int, marts):
     columns = sorted({column for mart in marts for _, column in mart.keys}
                      | {mart.rollup.date_column for mart in marts if mart.rollup is not None})
     try:
-        changes = (spark.read.format("delta").option("readChangeFeed", "true")
-                   .option("startingVersion", since).option("endingVersion", until).load(silver_path)
+        changes = (store.read(spark, silver_path, readChangeFeed="true", startingVersion=since, endingVersion=until)
                    .select(*columns, F.col("_commit_version")).distinct().cache())
         changes.count()
     except AnalysisException as error:
@@ -280,7 +278,6 @@ def _narrowed(silver, keys, count: int):
 def _stage_keys(spark, path: str, mart, inputs, touched, count: int):
     """The recomputed rows of `touched` keys of `mart` from its inputs (silver, or its rollup), and how to
     write them into the mart: (rows to validate, writer taking those rows)."""
-    from delta.tables import DeltaTable
     from pyspark.sql import functions as F
 
     on_silver = touched.select(*[F.col(key).alias(column) for key, column in mart.keys])
@@ -290,9 +287,12 @@ def _stage_keys(spark, path: str, mart, inputs, touched, count: int):
     keys = mart.key_columns
     if mart.finish is not None:
         # Columns over the whole mart: the other keys' stored aggregates, the fresh ones, finished together.
-        stored = spark.read.format("delta").load(path).select(*fresh.columns)
+        stored = store.read(spark, path).select(*fresh.columns)
         whole = _matching(stored, touched, keys, "left_anti").unionByName(fresh)
-        return mart.finish(whole, inputs), lambda frame: frame.write.format("delta").mode("overwrite").save(path)
+        def overwrite(frame) -> None:
+            store.save(spark, frame.write.format("delta").mode("overwrite"), path)
+
+        return mart.finish(whole, inputs), overwrite
 
     def merge(frame) -> None:
         # Touched keys left without silver rows are deleted; the others updated or inserted.
@@ -303,7 +303,7 @@ def _stage_keys(spark, path: str, mart, inputs, touched, count: int):
                            *[F.col(f"f.{column}") for column in mart.columns if column not in keys],
                            F.coalesce(F.col("f._fresh"), F.lit(False)).alias("_fresh")))
         assignments = {f"`{column}`": f"s.`{column}`" for column in mart.columns}
-        (DeltaTable.forPath(spark, path).alias("t")
+        (store.delta_table(spark, path).alias("t")
          .merge(updates.alias("s"), " AND ".join(f"t.`{key}` <=> s.`{key}`" for key in keys))
          .whenMatchedDelete(condition="NOT s._fresh")
          .whenMatchedUpdate(condition="s._fresh", set=assignments)

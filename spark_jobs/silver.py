@@ -20,14 +20,16 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
-# Run as a file (spark-submit, a Databricks spark_python_task), the project root is not on the path.
-if __package__ in (None, "") and "__file__" in globals():
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# Run as a file (spark-submit, a Databricks spark_python_task), the project root is not on the path. A
+# Databricks Python script task in workspace files starts in the script's folder, where __file__ may be unset.
+if __package__ in (None, ""):
+    sys.path.insert(0, str((Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()).parent))
 
 from expectations.gate import Check, GateFailed, audit
 from include.config import Settings
 from include.sources import Source
-from spark_jobs.common import replace_partition, run_layer_job
+from spark_jobs import tables as store
+from spark_jobs.common import observed, replace_partition, run_layer_job
 from spark_jobs.transforms.dimensions import DIMENSIONS
 
 log = logging.getLogger("lakehouse.silver")
@@ -49,18 +51,17 @@ class SilverResult:
 
 
 def run_silver(spark, settings: Settings, source: Source, ingestion_date: date, run_id: str) -> SilverResult:
-    from delta.tables import DeltaTable
     from pyspark.sql import Observation
     from pyspark.sql import functions as F
 
     from spark_jobs.transforms.silver import classify, fingerprint, split_duplicates
 
     started = time.monotonic()
-    bronze_path = settings.table_path("bronze", source.name)
-    if not DeltaTable.isDeltaTable(spark, bronze_path):
+    bronze_path = settings.table_location("bronze", source.name)
+    if not store.exists(spark, bronze_path):
         raise RuntimeError(f"{bronze_path} is not a Delta table: run the bronze job for {source.name} first")
-    bronze = spark.read.format("delta").load(bronze_path)
-    index_path = settings.table_path("silver", "fingerprints")
+    bronze = store.read(spark, bronze_path)
+    index_path = settings.table_location("silver", "fingerprints")
 
     # 1. The passing rows of this date, fingerprinted: the date's entries in the index (written with the
     # date's silver rows, once they pass the gate).
@@ -73,8 +74,8 @@ def run_silver(spark, settings: Settings, source: Source, ingestion_date: date, 
 
     # 2. Later dates that hold any row this date holds now, or held before, must be decided again.
     later, index = [], entries
-    if DeltaTable.isDeltaTable(spark, index_path):
-        stored = spark.read.format("delta").load(index_path).where(F.col("source") == source.name)
+    if store.exists(spark, index_path):
+        stored = store.read(spark, index_path).where(F.col("source") == source.name)
         on_date = stored.where(F.col("_ingestion_date") == F.lit(ingestion_date)).select("fingerprint")
         touched = entries.select("fingerprint").union(on_date)
         later = sorted(row._ingestion_date for row in (
@@ -107,8 +108,8 @@ def run_silver(spark, settings: Settings, source: Source, ingestion_date: date, 
     dimensions = []
     if source.name == "orders":
         orders = kept
-        if DeltaTable.isDeltaTable(spark, settings.table_path("silver", "orders")):
-            orders = (spark.read.format("delta").load(settings.table_path("silver", "orders"))
+        if store.exists(spark, settings.table_location("silver", "orders")):
+            orders = (store.read(spark, settings.table_location("silver", "orders"))
                       .where(~F.col("_ingestion_date").isin(*dates)).unionByName(kept))
         dimensions = [(dimension, dimension.versions(orders)) for dimension in DIMENSIONS]
         if settings.gates:
@@ -128,16 +129,18 @@ def run_silver(spark, settings: Settings, source: Source, ingestion_date: date, 
     kept_counts, rejected_counts = Observation(), Observation()
     today = F.count_if(F.col("_ingestion_date") == F.lit(ingestion_date)).alias("rows")
     # The change feed tells the gold job which rows each run inserted and removed.
-    replace_partition(kept.observe(kept_counts, today), settings.table_path("silver", source.name), on_dates,
+    replace_partition(kept.observe(kept_counts, today), settings.table_location("silver", source.name), on_dates,
                       ["_ingestion_date"], {"delta.enableChangeDataFeed": "true"})
-    replace_partition(rejected.observe(rejected_counts, today), settings.table_path("silver", "quarantine"),
+    replace_partition(rejected.observe(rejected_counts, today), settings.table_location("silver", "quarantine"),
                       f"source = '{source.name}' AND {on_dates}", ["source", "_ingestion_date"])
     for dimension, frame in dimensions:
-        frame.write.format("delta").mode("overwrite").save(settings.table_path("silver", dimension.table))
+        store.save(spark, frame.write.format("delta").mode("overwrite"),
+                   settings.table_location("silver", dimension.table))
     replace_partition(entries, index_path,
                       f"source = '{source.name}' AND _ingestion_date = '{ingestion_date.isoformat()}'",
                       ["source", "_ingestion_date"])
-    silver_rows, quarantined = kept_counts.get["rows"], rejected_counts.get["rows"]
+    silver_rows = observed(kept_counts, kept, today)["rows"]
+    quarantined = observed(rejected_counts, rejected, today)["rows"]
     for frame in (day, entries, kept, rejected, *(frame for _, frame in dimensions)):
         frame.unpersist()
     result = SilverResult(source.name, dates, silver_rows, quarantined, time.monotonic() - started,

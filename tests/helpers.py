@@ -1,11 +1,11 @@
-"""Small builders for hand-written deliveries."""
+"""Small builders for hand-written deliveries, and snapshots of what the jobs published."""
 
 from __future__ import annotations
 
 import gzip
 from pathlib import Path
 
-from include.sources import EVENTS, ORDERS
+from include.sources import EVENTS, ORDERS, PUBLISHED_TABLES
 
 ORDERS_HEADER = ORDERS.header
 EVENTS_HEADER = EVENTS.header
@@ -29,3 +29,16 @@ def gold_tables(spark, settings, source: str) -> dict[str, list[tuple]]:
                                 spark.read.format("delta").load(settings.table_path("gold", mart.table)).collect()),
                                key=repr)
             for mart in marts_of(source)}
+
+
+def published_tables(spark, warehouse: Path, source: str) -> dict[str, list[tuple]]:
+    """Every table a source's layer jobs publish, rows sorted, without the columns that name the run
+    (its id and time), which differ between two runs of the same data."""
+    tables = {}
+    for layer in ("bronze", "silver", "gold"):
+        for table in PUBLISHED_TABLES[(layer, source)]:
+            frame = spark.read.format("delta").load(str(warehouse / layer / table))
+            frame = frame.drop(*[column for column in frame.columns
+                                 if column.lstrip("_") in ("run_id", "ingested_at")])
+            tables[f"{layer}.{table}"] = sorted((tuple(row) for row in frame.collect()), key=repr)
+    return tables

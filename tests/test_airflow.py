@@ -30,8 +30,9 @@ from pathlib import Path
 import pytest
 
 from include.config import PROJECT_ROOT, SAMPLE_ORDERS_DIR
-from include.sources import ORDERS, PUBLISHED_TABLES
+from include.sources import ORDERS
 from include.tools import airflow_stack, generate_events, stage_orders
+from tests.helpers import published_tables
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("airflow")]
 
@@ -105,18 +106,6 @@ def spans(runs: dict[str, dict]) -> list[tuple[str, str, datetime, datetime]]:
             if ti["state"] == "success" and ti["start_date"] and ti["end_date"]]
 
 
-def warehouse_tables(spark, warehouse: Path, source: str) -> dict[str, list[tuple]]:
-    """Every table a source's layer jobs publish, rows sorted, without the columns that name the run."""
-    tables = {}
-    for layer in ("bronze", "silver", "gold"):
-        for table in PUBLISHED_TABLES[(layer, source)]:
-            frame = spark.read.format("delta").load(str(warehouse / layer / table))
-            frame = frame.drop(*[column for column in frame.columns
-                                 if column.lstrip("_") in ("run_id", "ingested_at")])
-            tables[f"{layer}.{table}"] = sorted((tuple(row) for row in frame.collect()), key=repr)
-    return tables
-
-
 @pytest.mark.parametrize("count", [pytest.param(2, id="two-real-days"),
                                    pytest.param(5, id="five-real-days", marks=pytest.mark.slow)])
 def test_a_backfill_with_concurrent_runs_gives_the_tables_of_a_sequential_run(airflow, spark, count):
@@ -168,8 +157,8 @@ def test_a_backfill_with_concurrent_runs_gives_the_tables_of_a_sequential_run(ai
         run_bronze(spark, sequential, ORDERS, day, f"bronze-{day}")
         run_silver(spark, sequential, ORDERS, day, f"silver-{day}")
         run_gold(spark, sequential, ORDERS, day, f"gold-{day}")
-    backfilled = warehouse_tables(spark, root / "warehouse", "orders")
-    assert backfilled == warehouse_tables(spark, sequential.warehouse, "orders")
+    backfilled = published_tables(spark, root / "warehouse", "orders")
+    assert backfilled == published_tables(spark, sequential.warehouse, "orders")
     lines = sum(sum(1 for _ in gzip.open(SAMPLE_ORDERS_DIR / f"{day}.csv.gz")) - 1 for day in days)
     assert len(backfilled["bronze.orders"]) == lines
 

@@ -1,0 +1,103 @@
+"""LAKEHOUSE_RUNTIME=spark: lakehouse_daily submits every layer job to a Spark standalone cluster (a
+master and a worker started by `make spark-cluster`'s code), shipping the project's code to the
+executors, and the tables equal a local run's."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from include.config import PROJECT_ROOT
+from include.sources import EVENTS, ORDERS
+from include.tools import generate_events, spark_cluster, stage_orders
+from tests.helpers import published_tables
+
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("spark_cluster")]
+
+DAY = "2010-12-01"
+EVENTS_PER_DAY = 2_000
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    root = tmp_path_factory.mktemp("spark-cluster")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.pop("PYSPARK_PYTHON", None)  # executors find the virtualenv's python on the worker's PATH
+    cluster = spark_cluster.Cluster(home=root / "cluster", port=free_port(), ui_port=free_port())
+    spark_cluster.start(cluster, workers=1, cores=2, memory="2g", env=env)
+    yield cluster, root, env
+    spark_cluster.stop(cluster)
+    assert not spark_cluster._running(cluster), "the cluster's processes outlived stop"
+
+
+def test_the_dag_runs_every_layer_on_the_cluster_and_its_tables_equal_a_local_run(cluster, spark):
+    cluster, root, env = cluster
+    landing = root / "landing"
+    stage_orders.main(["--from", DAY, "--days", "1", "--landing", str(landing)])
+    generate_events.main(["--from", DAY, "--days", "1", "--events-per-day", str(EVENTS_PER_DAY),
+                          "--defect-rate", "0.01", "--landing", str(landing)])
+    env = {
+        **env,
+        "AIRFLOW_HOME": str(root / "airflow"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "LAKEHOUSE_RUNTIME": "spark",
+        # The cluster's master, as a user points the connection at theirs.
+        "AIRFLOW_CONN_SPARK_DEFAULT": cluster.master_url,
+        "LAKEHOUSE_LANDING": str(landing),
+        "LAKEHOUSE_WAREHOUSE": str(root / "warehouse"),
+        "LAKEHOUSE_SHUFFLE_PARTITIONS": "2",
+        "LAKEHOUSE_SPARK_UI": "false",
+        "LAKEHOUSE_SPARK_EXECUTOR_MEMORY": "1g",
+        "LAKEHOUSE_SPARK_JAVA_OPTIONS": "-XX:TieredStopAtLevel=1",
+    }
+    for step in (["airflow", "db", "migrate"], [sys.executable, "-m", "include.orchestration"]):
+        done = subprocess.run(step, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout + done.stderr
+    started = time.monotonic()
+    done = subprocess.run(["airflow", "dags", "test", "lakehouse_daily", DAY], env=env,
+                          capture_output=True, text=True, timeout=1200)
+    print(f"lakehouse_daily {DAY} on the cluster: {time.monotonic() - started:.0f} s")
+    output = done.stdout + done.stderr
+    states = re.findall(r"DagRun Finished: dag_id=lakehouse_daily, logical_date=" + DAY + r".*?state=(\w+)", output)
+    assert states == ["success"], f"exit {done.returncode}:\n{output[-5000:]}"
+    assert f"--master {cluster.master_url}" in output, "the jobs were not submitted to the cluster's master"
+    assert "--py-files" in output and "lakehouse-code-" in output, "the project's code was not shipped"
+
+    # The master's own record: one finished application per layer and source, each given executors.
+    state = cluster.state()
+    finished = {app["name"]: app for app in state["completedapps"]}
+    expected = {f"{layer}-{source}-{DAY}" for layer in ("bronze", "silver", "gold") for source in ("orders", "events")}
+    assert expected <= set(finished), sorted(finished)
+    assert all(finished[name]["state"] == "FINISHED" and finished[name]["cores"] > 0 for name in expected)
+
+    # The same day through the same job code in this process, on local Spark.
+    from include.config import Settings
+    from spark_jobs.bronze import run_bronze
+    from spark_jobs.gold import run_gold
+    from spark_jobs.silver import run_silver
+    from tests.conftest import TEST_SPARK_ENV
+
+    local = Settings.from_env({**TEST_SPARK_ENV, "LAKEHOUSE_GATES": "false", "LAKEHOUSE_LANDING": str(landing),
+                               "LAKEHOUSE_WAREHOUSE": str(root / "local")})
+    for source in (ORDERS, EVENTS):
+        for run in (run_bronze, run_silver, run_gold):
+            run(spark, local, source, date.fromisoformat(DAY), f"local-{DAY}")
+        on_cluster = published_tables(spark, root / "warehouse", source.name)
+        assert on_cluster == published_tables(spark, local.warehouse, source.name)
+        assert on_cluster[f"bronze.{source.name}"], f"no {source.name} rows"
