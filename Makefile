@@ -29,7 +29,7 @@ RUN_DAYS ?= 3
 RUN_EVENTS_PER_DAY ?= 20000
 RUN_FIRST_DAY ?= 2010-12-01
 
-.PHONY: help setup run test test-slow browser dag-test airflow airflow-stop backfill airflow-db clean
+.PHONY: help setup run test test-slow browser dag-test airflow airflow-stop backfill airflow-db spark-cluster spark-cluster-stop clean
 
 help:
 	@echo "make setup                   create .venv with the pinned requirements (idempotent)"
@@ -41,6 +41,8 @@ help:
 	@echo "make airflow-stop            stop it (running tasks included)"
 	@echo "make backfill FROM=YYYY-MM-DD TO=YYYY-MM-DD [REPROCESS=none|failed|completed]"
 	@echo "                             backfill lakehouse_daily over those ingestion dates (Airflow must be up)"
+	@echo "make spark-cluster           start a Spark standalone master and worker on 127.0.0.1 (LAKEHOUSE_RUNTIME=spark)"
+	@echo "make spark-cluster-stop      stop them"
 	@echo "make clean                   remove data/, .airflow/ and .venv/"
 
 setup: $(SETUP_STAMP)
@@ -74,6 +76,17 @@ airflow: setup
 
 airflow-stop:
 	@if [ -x "$(BIN)/python" ]; then python -m include.tools.airflow_stack stop; else echo "Airflow is not installed"; fi
+
+# A Spark standalone cluster on this machine (include/tools/spark_cluster.py): master spark://127.0.0.1:7077,
+# its UI on 8081. Run the DAG on it with LAKEHOUSE_RUNTIME=spark (the spark_default connection points here
+# unless you changed it).
+SPARK_WORKERS ?= 1
+SPARK_WORKER_MEMORY ?= 4g
+spark-cluster: setup
+	@python -m include.tools.spark_cluster start --workers $(SPARK_WORKERS) --memory $(SPARK_WORKER_MEMORY)
+
+spark-cluster-stop:
+	@if [ -x "$(BIN)/python" ]; then python -m include.tools.spark_cluster stop; else echo "Spark is not installed"; fi
 
 REPROCESS ?= none
 backfill: setup
@@ -114,5 +127,5 @@ test-slow: setup browser
 browser:
 	@bash include/install-browser.sh
 
-clean: airflow-stop
-	rm -rf data .airflow .venv .pytest_cache
+clean: airflow-stop spark-cluster-stop
+	rm -rf data .airflow .spark-cluster .venv .pytest_cache

@@ -124,6 +124,8 @@ class LayerJobOperator(SparkSubmitOperator):
             conf["spark.executor.memory"] = settings.executor_memory
             if settings.cores_max:
                 conf["spark.cores.max"] = str(settings.cores_max)
+            if settings.java_options:  # executors are short-lived JVMs too
+                conf["spark.executor.extraJavaOptions"] = settings.java_options
         super().__init__(
             task_id=layer,
             conn_id=settings.spark_conn_id,

@@ -33,7 +33,9 @@ def delta_table(spark, location: str):
 def save(spark, writer, location: str) -> None:
     """Run a DataFrameWriter (format, mode and options set) against the table, creating it if needed."""
     if is_name(location):
-        spark.sql(f"CREATE SCHEMA IF NOT EXISTS {location.rsplit('.', 1)[0]}")
+        schema = location.rsplit(".", 1)[0]
+        if not spark.catalog.databaseExists(schema):
+            spark.sql(f"CREATE SCHEMA IF NOT EXISTS {schema}")
         writer.saveAsTable(location)
     else:
         writer.save(location)

@@ -78,3 +78,32 @@ def test_quality_folders_follow_the_warehouse_unless_set(tmp_path):
                                "LAKEHOUSE_MAX_QUARANTINE_SHARE_EVENTS": "0.3"})
     assert (moved.gx_root, moved.data_docs) == (tmp_path / "gx", tmp_path / "site")
     assert moved.max_quarantine_share["events"] == 0.3
+
+
+def test_tables_are_named_in_a_catalog_and_paths_without_one():
+    from spark_jobs import tables
+
+    named = Settings.from_env({"LAKEHOUSE_CATALOG": "main"})
+    assert named.table_location("silver", "orders") == "main.silver.orders"
+    assert tables.is_name(named.table_location("silver", "orders"))
+    plain = Settings.from_env({"LAKEHOUSE_WAREHOUSE": "/data/wh"})
+    assert plain.table_location("silver", "orders") == "/data/wh/silver/orders"
+    assert not tables.is_name(plain.table_location("silver", "orders"))
+    with pytest.raises(ValueError, match="LAKEHOUSE_CATALOG"):
+        Settings.from_env({"LAKEHOUSE_CATALOG": "main; DROP TABLE x"})
+    with pytest.raises(ValueError, match="unknown layer"):
+        named.table_location("platinum", "orders")
+
+
+def test_cluster_settings_and_job_settings_from_the_command_line(monkeypatch):
+    from spark_jobs.common import job_arguments
+
+    settings = Settings.from_env({"LAKEHOUSE_RUNTIME": "spark", "LAKEHOUSE_SPARK_EXECUTOR_MEMORY": "3g",
+                                  "LAKEHOUSE_SPARK_CORES_MAX": "4"})
+    assert (settings.spark_conn_id, settings.executor_memory, settings.cores_max) == ("spark_default", "3g", 4)
+    args = job_arguments("a job", ["--source", "orders", "--ingestion-date", "2010-12-01",
+                                   "--setting", "LAKEHOUSE_CATALOG=main", "--setting", "LAKEHOUSE_LANDING=/Volumes/a=b"])
+    assert args.setting == [("LAKEHOUSE_CATALOG", "main"), ("LAKEHOUSE_LANDING", "/Volumes/a=b")]
+    for bad in ("PATH=/tmp", "LAKEHOUSE_CATALOG", "LAKEHOUSE_BAD-NAME=1"):
+        with pytest.raises(SystemExit):
+            job_arguments("a job", ["--source", "orders", "--ingestion-date", "2010-12-01", "--setting", bad])

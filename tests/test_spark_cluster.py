@@ -1,6 +1,7 @@
 """LAKEHOUSE_RUNTIME=spark: lakehouse_daily submits every layer job to a Spark standalone cluster (a
 master and a worker started by `make spark-cluster`'s code), shipping the project's code to the
-executors, and the tables equal a local run's."""
+executors, and the tables equal a local run's - one that addresses them by catalog name
+(LAKEHOUSE_CATALOG, the Unity Catalog form Databricks uses), so names and paths give the same tables."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from include.config import PROJECT_ROOT
-from include.sources import EVENTS, ORDERS
+from include.sources import EVENTS, ORDERS, PUBLISHED_TABLES
 from include.tools import generate_events, spark_cluster, stage_orders
 from tests.helpers import published_tables
 
@@ -24,6 +25,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("spark_cluster")]
 
 DAY = "2010-12-01"
 EVENTS_PER_DAY = 2_000
+CATALOG = "spark_catalog"
 
 
 def free_port() -> int:
@@ -72,7 +74,8 @@ def test_the_dag_runs_every_layer_on_the_cluster_and_its_tables_equal_a_local_ru
     started = time.monotonic()
     done = subprocess.run(["airflow", "dags", "test", "lakehouse_daily", DAY], env=env,
                           capture_output=True, text=True, timeout=1200)
-    print(f"lakehouse_daily {DAY} on the cluster: {time.monotonic() - started:.0f} s")
+    (root / "dags-test.log").write_text(done.stdout + done.stderr)
+    print(f"lakehouse_daily {DAY} on the cluster: {time.monotonic() - started:.0f} s (log {root / 'dags-test.log'})")
     output = done.stdout + done.stderr
     states = re.findall(r"DagRun Finished: dag_id=lakehouse_daily, logical_date=" + DAY + r".*?state=(\w+)", output)
     assert states == ["success"], f"exit {done.returncode}:\n{output[-5000:]}"
@@ -86,7 +89,8 @@ def test_the_dag_runs_every_layer_on_the_cluster_and_its_tables_equal_a_local_ru
     assert expected <= set(finished), sorted(finished)
     assert all(finished[name]["state"] == "FINISHED" and finished[name]["cores"] > 0 for name in expected)
 
-    # The same day through the same job code in this process, on local Spark.
+    # The same day through the same job code in this process, on local Spark, with the tables addressed
+    # by catalog name (LAKEHOUSE_CATALOG, as on Databricks' Unity Catalog) in the session's own catalog.
     from include.config import Settings
     from spark_jobs.bronze import run_bronze
     from spark_jobs.gold import run_gold
@@ -94,10 +98,24 @@ def test_the_dag_runs_every_layer_on_the_cluster_and_its_tables_equal_a_local_ru
     from tests.conftest import TEST_SPARK_ENV
 
     local = Settings.from_env({**TEST_SPARK_ENV, "LAKEHOUSE_GATES": "false", "LAKEHOUSE_LANDING": str(landing),
-                               "LAKEHOUSE_WAREHOUSE": str(root / "local")})
-    for source in (ORDERS, EVENTS):
-        for run in (run_bronze, run_silver, run_gold):
-            run(spark, local, source, date.fromisoformat(DAY), f"local-{DAY}")
-        on_cluster = published_tables(spark, root / "warehouse", source.name)
-        assert on_cluster == published_tables(spark, local.warehouse, source.name)
-        assert on_cluster[f"bronze.{source.name}"], f"no {source.name} rows"
+                               "LAKEHOUSE_WAREHOUSE": str(root / "unused"), "LAKEHOUSE_CATALOG": CATALOG})
+    for layer in ("bronze", "silver", "gold"):
+        spark.sql(f"CREATE SCHEMA {CATALOG}.{layer} LOCATION '{root / 'catalog' / layer}'")
+    try:
+        for source in (ORDERS, EVENTS):
+            for run in (run_bronze, run_silver, run_gold):
+                run(spark, local, source, date.fromisoformat(DAY), f"local-{DAY}")
+        assert not (root / "unused").exists(), "a job wrote to a path although its tables have names"
+        for (layer, source), names in PUBLISHED_TABLES.items():
+            for table in names:
+                assert spark.catalog.tableExists(f"{CATALOG}.{layer}.{table}"), f"{layer}.{table} has no name"
+        # The change feed silver turns on for gold is a property of the named table too.
+        properties = dict(spark.sql(f"SHOW TBLPROPERTIES {CATALOG}.silver.orders").collect())
+        assert properties.get("delta.enableChangeDataFeed") == "true"
+        for source in (ORDERS, EVENTS):
+            on_cluster = published_tables(spark, root / "warehouse", source.name)
+            assert on_cluster == published_tables(spark, root / "catalog", source.name), source.name
+            assert on_cluster[f"bronze.{source.name}"], f"no {source.name} rows"
+    finally:
+        for layer in ("bronze", "silver", "gold"):
+            spark.sql(f"DROP SCHEMA IF EXISTS {CATALOG}.{layer} CASCADE")
