@@ -156,7 +156,7 @@ def _ready(stack: Stack) -> bool:
         return False  # not parsed yet, or the password not generated yet
 
 
-def stop(stack: Stack, timeout: float = 60) -> None:
+def stop(stack: Stack, timeout: float = 20) -> None:
     pid = stack.running_pid()
     if pid is None:
         print("Airflow is not running.")
