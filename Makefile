@@ -110,11 +110,11 @@ dag-test: airflow-db
 	airflow dags test lakehouse_daily $(DATE)
 	@python -m include.tools.show_tables --date $(DATE)
 
-# Three pytest workers (pytest-xdist) on two cores: the Airflow end-to-end runs (one worker, their own
-# Airflow) spend much of their time waiting on the scheduler and on JVMs starting, so the in-process Spark
-# tests and the Spark-cluster test share the other two. Tests that share a costly fixture carry the
-# same xdist_group and run on one worker.
-TEST_WORKERS ?= 3
+# Two pytest workers (pytest-xdist): the Airflow end-to-end runs and the in-process Spark tests wait
+# on different things, so they overlap well on two cores (three workers were slower: 20:32 against 20:01,
+# everything contending for the cores). Tests that share a costly fixture carry the same xdist_group and
+# run on one worker.
+TEST_WORKERS ?= 2
 
 test: setup browser
 	python -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=12 -m "not slow"

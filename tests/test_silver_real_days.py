@@ -3,10 +3,11 @@
 Each day goes through silver and then gold, one by one, as the daily DAG runs them. In order, in
 reverse order and with reruns, the silver, quarantine, dimension and gold tables must be the same, and
 equal to what tests/reference.py derives from the delivered files; `gold/daily_sales` must equal the
-definition applied to those days to the penny, and a full refresh must leave every mart as it was. The
-reverse-order and rerun builds are marked `slow`: `make test-slow` runs them; `make test` covers
-processing order on hand-written days (tests/test_silver_job.py) and on real days backfilled through
-Airflow with several runs at once (tests/test_airflow.py).
+definition applied to those days to the penny, and a full refresh must leave every mart as it was. All
+of it is marked `slow` (about 6 minutes on 2 cores): `make test-slow` runs it; `make test` covers the
+rules on real rows (tests/test_silver_rules.py), processing order on hand-written days
+(tests/test_silver_job.py), and real days through Airflow (tests/test_airflow.py) and through a Spark
+cluster (tests/test_spark_cluster.py).
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ def in_order(spark, ten_days):
     return build(spark, settings, days)
 
 
+@pytest.mark.slow
 def test_ten_real_days_follow_the_rules_exactly(spark, ten_days, in_order):
     settings, days = ten_days
     reference = orders_reference(files_by_date(settings.landing / "orders"))
