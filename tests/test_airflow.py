@@ -81,7 +81,7 @@ def airflow(tmp_path_factory):
     stage_orders.main(["--from", REAL_DAYS[0].isoformat(), "--to", REST_DAY, "--landing", str(landing)])
     airflow_stack.start(stack, env)
     yield stack, env, root
-    airflow_stack.stop(stack)
+    airflow_stack.stop(stack, timeout=5)  # a test's leftovers need no grace
 
 
 def wait_for_runs(stack, run_ids: list[str], timeout: float = 1200) -> dict[str, dict]:
