@@ -1,5 +1,7 @@
 """The silver job over several dates: duplicates keep the earliest date's copy and the dimensions' history
-comes out the same in any processing order (the out-of-order build with a rerun is marked `slow`)."""
+comes out the same in any processing order. The whole-order builds (in order against reverse order, and
+out of order with a rerun) are marked `slow` (`make test-slow`); `make test` keeps the single-date and
+rerun tests here and in tests/test_bronze.py and tests/test_gates.py."""
 
 from __future__ import annotations
 
@@ -56,6 +58,7 @@ def delivered(spark, lakehouse):
     return lakehouse, sorted(DAYS)
 
 
+@pytest.mark.slow
 def test_in_order_and_reverse_order_give_the_same_tables(spark, delivered):
     lakehouse, days = delivered
     in_order = build(spark, lakehouse, days)

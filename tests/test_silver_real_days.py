@@ -5,8 +5,8 @@ reverse order and with reruns, the silver, quarantine, dimension and gold tables
 equal to what tests/reference.py derives from the delivered files; `gold/daily_sales` must equal the
 definition applied to those days to the penny, and a full refresh must leave every mart as it was. All
 of it is marked `slow` (about 6 minutes on 2 cores): `make test-slow` runs it; `make test` covers the
-rules on real rows (tests/test_silver_rules.py), processing order on hand-written days
-(tests/test_silver_job.py), and real days through Airflow (tests/test_airflow.py) and through a Spark
+rules on real rows (tests/test_silver_rules.py), reruns of a date (tests/test_bronze.py,
+tests/test_gates.py), and real days through Airflow (tests/test_airflow.py) and through a Spark
 cluster (tests/test_spark_cluster.py).
 """
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -72,14 +71,26 @@ def test_the_dag_runs_every_layer_on_the_cluster_and_its_tables_equal_a_local_ru
     for step in (["airflow", "db", "migrate"], [sys.executable, "-m", "include.orchestration"]):
         done = subprocess.run(step, env=env, capture_output=True, text=True)
         assert done.returncode == 0, done.stdout + done.stderr
-    # The DAG on the cluster, in the background: meanwhile the same day goes through the same job code in
-    # this process, on local Spark, with the tables addressed by catalog name (LAKEHOUSE_CATALOG, as on
-    # Databricks' Unity Catalog) in the session's own catalog.
     started = time.monotonic()
-    log = root / "dags-test.log"
-    with log.open("w") as out:
-        dag_run = subprocess.Popen(["airflow", "dags", "test", "lakehouse_daily", DAY], env=env,
-                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    done = subprocess.run(["airflow", "dags", "test", "lakehouse_daily", DAY], env=env,
+                          capture_output=True, text=True, timeout=1200)
+    (root / "dags-test.log").write_text(done.stdout + done.stderr)
+    print(f"lakehouse_daily {DAY} on the cluster: {time.monotonic() - started:.0f} s (log {root / 'dags-test.log'})")
+    output = done.stdout + done.stderr
+    states = re.findall(r"DagRun Finished: dag_id=lakehouse_daily, logical_date=" + DAY + r".*?state=(\w+)", output)
+    assert states == ["success"], f"exit {done.returncode}:\n{output[-5000:]}"
+    assert f"--master {cluster.master_url}" in output, "the jobs were not submitted to the cluster's master"
+    assert "--py-files" in output and "lakehouse-code-" in output, "the project's code was not shipped"
+
+    # The master's own record: one finished application per layer and source, each given executors.
+    state = cluster.state()
+    finished = {app["name"]: app for app in state["completedapps"]}
+    expected = {f"{layer}-{source}-{DAY}" for layer in ("bronze", "silver", "gold") for source in ("orders", "events")}
+    assert expected <= set(finished), sorted(finished)
+    assert all(finished[name]["state"] == "FINISHED" and finished[name]["cores"] > 0 for name in expected)
+
+    # The same day through the same job code in this process, on local Spark, with the tables addressed
+    # by catalog name (LAKEHOUSE_CATALOG, as on Databricks' Unity Catalog) in the session's own catalog.
     from include.config import Settings
     from spark_jobs.bronze import run_bronze
     from spark_jobs.gold import run_gold
@@ -95,22 +106,6 @@ def test_the_dag_runs_every_layer_on_the_cluster_and_its_tables_equal_a_local_ru
             for run in (run_bronze, run_silver, run_gold):
                 run(spark, local, source, date.fromisoformat(DAY), f"local-{DAY}")
         assert not (root / "unused").exists(), "a job wrote to a path although its tables have names"
-
-        returncode = dag_run.wait(timeout=1200)
-        print(f"lakehouse_daily {DAY} on the cluster: {time.monotonic() - started:.0f} s (log {log})")
-        output = log.read_text()
-        states = re.findall(r"DagRun Finished: dag_id=lakehouse_daily, logical_date=" + DAY + r".*?state=(\w+)",
-                            output)
-        assert states == ["success"], f"exit {returncode}:\n{output[-5000:]}"
-        assert f"--master {cluster.master_url}" in output, "the jobs were not submitted to the cluster's master"
-        assert "--py-files" in output and "lakehouse-code-" in output, "the project's code was not shipped"
-        # The master's own record: one finished application per layer and source, each given executors.
-        finished = {app["name"]: app for app in cluster.state()["completedapps"]}
-        expected = {f"{layer}-{source}-{DAY}" for layer in ("bronze", "silver", "gold")
-                    for source in ("orders", "events")}
-        assert expected <= set(finished), sorted(finished)
-        assert all(finished[name]["state"] == "FINISHED" and finished[name]["cores"] > 0 for name in expected)
-
         for (layer, source), names in PUBLISHED_TABLES.items():
             for table in names:
                 assert spark.catalog.tableExists(f"{CATALOG}.{layer}.{table}"), f"{layer}.{table} has no name"
@@ -122,7 +117,5 @@ def test_the_dag_runs_every_layer_on_the_cluster_and_its_tables_equal_a_local_ru
             assert on_cluster == published_tables(spark, root / "catalog", source.name), source.name
             assert on_cluster[f"bronze.{source.name}"], f"no {source.name} rows"
     finally:
-        if dag_run.poll() is None:  # the test failed first: stop the run and its spark-submits
-            os.killpg(dag_run.pid, signal.SIGKILL)
         for layer in ("bronze", "silver", "gold"):
             spark.sql(f"DROP SCHEMA IF EXISTS {CATALOG}.{layer} CASCADE")
