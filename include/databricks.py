@@ -46,7 +46,6 @@ from airflow.providers.databricks.hooks.databricks import DatabricksHook, RunSta
 from airflow.providers.databricks.operators.databricks import DatabricksSubmitRunOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from include.config import Settings
 from spark_jobs.common import REFUSED
 
 COMPUTES = ("job_cluster", "existing", "serverless")
@@ -166,8 +165,8 @@ def idempotency_token(dag_id: str, run_id: str, task_id: str, map_index: int, tr
 class LayerDatabricksOperator(DatabricksSubmitRunOperator):
     """One layer job for one source and the run's ingestion date, as a Databricks one-time run."""
 
-    def __init__(self, *, layer: str, source: str, settings: Settings, databricks: DatabricksSettings,
-                 parameters: list[str], **kwargs) -> None:
+    def __init__(self, *, layer: str, source: str, databricks: DatabricksSettings, parameters: list[str],
+                 **kwargs) -> None:
         super().__init__(
             task_id=layer,
             json=run_request(databricks, layer, source, parameters),

@@ -67,14 +67,15 @@ def job_parameters(source: str, options: list[str] | None = None) -> list[str]:
     return ["--source", source, "--ingestion-date", "{{ ds }}", "--run-id", "{{ run_id }}", *(options or [])]
 
 
-def layer_task(layer: str, source: str, settings: Settings, options: list[str] | None = None):
-    """The task that runs one layer job for one source on the runtime LAKEHOUSE_RUNTIME names."""
+def layer_task(layer: str, source: str, settings: Settings, options: list[str] | None = None, databricks=None):
+    """The task that runs one layer job for one source on the runtime LAKEHOUSE_RUNTIME names
+    (`databricks`: the DatabricksSettings, read from the environment when not given)."""
     if settings.runtime == "databricks":
         from include.databricks import DatabricksSettings, LayerDatabricksOperator
 
-        databricks = DatabricksSettings.from_env()
+        databricks = databricks or DatabricksSettings.from_env()
         return LayerDatabricksOperator(
-            layer=layer, source=source, settings=settings, databricks=databricks,
+            layer=layer, source=source, databricks=databricks,
             parameters=job_parameters(source, options), pool=pool_name(layer),
             outlets=[table_asset(settings, layer, table, databricks)
                      for table in PUBLISHED_TABLES[(layer, source)]])

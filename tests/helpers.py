@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import gzip
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
+from include.config import PROJECT_ROOT
 from include.sources import EVENTS, ORDERS, PUBLISHED_TABLES
 
 ORDERS_HEADER = ORDERS.header
@@ -42,3 +47,30 @@ def published_tables(spark, warehouse: Path, source: str) -> dict[str, list[tupl
                                  if column.lstrip("_") in ("run_id", "ingested_at")])
             tables[f"{layer}.{table}"] = sorted((tuple(row) for row in frame.collect()), key=repr)
     return tables
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def airflow_env(home: Path, **settings: str) -> dict[str, str]:
+    """The environment of an Airflow of the tests' own: its home, the project's DAGs and plugins, no
+    examples, the virtualenv's `airflow` and `spark-submit` first on PATH, and `settings` on top."""
+    return {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        **settings,
+    }
+
+
+def prepare_airflow_db(env: dict[str, str]) -> None:
+    """`make airflow-db`'s steps: the metadata database, then the pools and connections from code."""
+    for step in (["airflow", "db", "migrate"], [sys.executable, "-m", "include.orchestration"]):
+        done = subprocess.run(step, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout + done.stderr

@@ -18,7 +18,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import sys
 import time
 import urllib.error
@@ -32,7 +31,7 @@ import pytest
 from include.config import PROJECT_ROOT, SAMPLE_ORDERS_DIR
 from include.sources import ORDERS
 from include.tools import airflow_stack, generate_events, stage_orders
-from tests.helpers import published_tables
+from tests.helpers import free_port, published_tables
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("airflow")]
 
@@ -41,12 +40,6 @@ REAL_DAYS = [date(2010, 12, day) for day in (1, 2, 3, 5, 6)]
 REST_DAY = "2010-12-07"
 TERMINAL = {"success", "failed"}
 ARTIFACTS = Path(os.environ.get("LAKEHOUSE_TEST_ARTIFACTS", PROJECT_ROOT / "test-artifacts"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

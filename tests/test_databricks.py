@@ -6,21 +6,19 @@ and a killed task cancelling its remote run. Nothing here talks to a real worksp
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 from airflow.providers.databricks.utils.databricks import normalise_json_content
 
-from include.config import PROJECT_ROOT, delta_package
+from include.config import delta_package
 from include.databricks import DatabricksSettings, idempotency_token, run_request
 from include.orchestration import job_parameters
 from tests.databricks_double import Outcome, Workspace, serve
+from tests.helpers import airflow_env, prepare_airflow_db
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("databricks")]
 
@@ -76,26 +74,19 @@ def workspace(tmp_path_factory):
         (volume / source / DAY / f"{source}-{DAY}.csv").write_text("a header line\n")
     workspace = Workspace(token=TOKEN, volume_root="/Volumes/lakehouse/landing/deliveries", volume_dir=volume)
     server = serve(workspace)
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "AIRFLOW_HOME": str(root / "airflow"),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "LAKEHOUSE_RUNTIME": "databricks",
-        "LAKEHOUSE_DATABRICKS_NODE_TYPE": "i3.xlarge",
-        "LAKEHOUSE_DATABRICKS_POLL_SECONDS": "1",
-        "LAKEHOUSE_TASK_RETRIES": "0",
+    env = airflow_env(
+        root / "airflow",
+        LAKEHOUSE_RUNTIME="databricks",
+        LAKEHOUSE_DATABRICKS_NODE_TYPE="i3.xlarge",
+        LAKEHOUSE_DATABRICKS_POLL_SECONDS="1",
+        LAKEHOUSE_TASK_RETRIES="0",
         # The workspace and its token, only in the connection (here from the environment, as a secret
         # backend or the UI would hold it); plain http to the double.
-        "AIRFLOW_CONN_DATABRICKS_DEFAULT": json.dumps({
+        AIRFLOW_CONN_DATABRICKS_DEFAULT=json.dumps({
             "conn_type": "databricks", "host": "127.0.0.1", "port": server.server_address[1], "schema": "http",
             "password": TOKEN}),
-    }
-    for step in (["airflow", "db", "migrate"], [sys.executable, "-m", "include.orchestration"]):
-        done = subprocess.run(step, env=env, capture_output=True, text=True)
-        assert done.returncode == 0, done.stdout + done.stderr
+    )
+    prepare_airflow_db(env)
     yield workspace, env
     server.shutdown()
 
@@ -189,14 +180,12 @@ def test_a_retry_follows_the_run_of_the_previous_try_instead_of_starting_another
     try started (even if the worker died before it was recorded) and that is still going is followed."""
     from types import SimpleNamespace
 
-    from include.config import Settings
     from include.databricks import LayerDatabricksOperator
 
     workspace, env = workspace
     monkeypatch.setenv("AIRFLOW_CONN_DATABRICKS_DEFAULT", env["AIRFLOW_CONN_DATABRICKS_DEFAULT"])
     workspace.outcomes["gold_events"] = Outcome(result="HANG")
-    operator = LayerDatabricksOperator(layer="gold", source="events", settings=Settings.from_env({}),
-                                       databricks=DatabricksSettings.from_env(env),
+    operator = LayerDatabricksOperator(layer="gold", source="events", databricks=DatabricksSettings.from_env(env),
                                        parameters=job_parameters("events"))
     operator.task_id = "events.gold"
 

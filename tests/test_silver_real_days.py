@@ -4,7 +4,7 @@ Each day goes through silver and then gold, one by one, as the daily DAG runs th
 reverse order and with reruns, the silver, quarantine, dimension and gold tables must be the same, and
 equal to what tests/reference.py derives from the delivered files; `gold/daily_sales` must equal the
 definition applied to those days to the penny, and a full refresh must leave every mart as it was. All
-of it is marked `slow` (about 6 minutes on 2 cores): `make test-slow` runs it; `make test` covers the
+of it is marked `slow`: `make test-slow` runs it; `make test` covers the
 rules on real rows (tests/test_silver_rules.py), reruns of a date (tests/test_bronze.py,
 tests/test_gates.py), and real days through Airflow (tests/test_airflow.py) and through a Spark
 cluster (tests/test_spark_cluster.py).

@@ -5,21 +5,16 @@ executors, and the tables equal a local run's - one that addresses them by catal
 
 from __future__ import annotations
 
-import os
 import re
-import socket
 import subprocess
-import sys
 import time
 from datetime import date
-from pathlib import Path
 
 import pytest
 
-from include.config import PROJECT_ROOT
 from include.sources import EVENTS, ORDERS, PUBLISHED_TABLES
 from include.tools import generate_events, spark_cluster, stage_orders
-from tests.helpers import published_tables
+from tests.helpers import airflow_env, free_port, prepare_airflow_db, published_tables
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("spark_cluster")]
 
@@ -28,16 +23,10 @@ EVENTS_PER_DAY = 2_000
 CATALOG = "spark_catalog"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     root = tmp_path_factory.mktemp("spark-cluster")
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = airflow_env(root / "airflow")
     env.pop("PYSPARK_PYTHON", None)  # executors find the virtualenv's python on the worker's PATH
     cluster = spark_cluster.Cluster(home=root / "cluster", port=free_port(), ui_port=free_port())
     spark_cluster.start(cluster, workers=1, cores=2, memory="2g", env=env)
@@ -47,30 +36,25 @@ def cluster(tmp_path_factory):
 
 
 def test_the_dag_runs_every_layer_on_the_cluster_and_its_tables_equal_a_local_run(cluster, spark):
-    cluster, root, env = cluster
+    cluster, root, _ = cluster
     landing = root / "landing"
     stage_orders.main(["--from", DAY, "--days", "1", "--landing", str(landing)])
     generate_events.main(["--from", DAY, "--days", "1", "--events-per-day", str(EVENTS_PER_DAY),
                           "--defect-rate", "0.01", "--landing", str(landing)])
-    env = {
-        **env,
-        "AIRFLOW_HOME": str(root / "airflow"),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "LAKEHOUSE_RUNTIME": "spark",
+    env = airflow_env(
+        root / "airflow",
+        LAKEHOUSE_RUNTIME="spark",
         # The cluster's master, as a user points the connection at theirs.
-        "AIRFLOW_CONN_SPARK_DEFAULT": cluster.master_url,
-        "LAKEHOUSE_LANDING": str(landing),
-        "LAKEHOUSE_WAREHOUSE": str(root / "warehouse"),
-        "LAKEHOUSE_SHUFFLE_PARTITIONS": "2",
-        "LAKEHOUSE_SPARK_UI": "false",
-        "LAKEHOUSE_SPARK_EXECUTOR_MEMORY": "1g",
-        "LAKEHOUSE_SPARK_JAVA_OPTIONS": "-XX:TieredStopAtLevel=1",
-    }
-    for step in (["airflow", "db", "migrate"], [sys.executable, "-m", "include.orchestration"]):
-        done = subprocess.run(step, env=env, capture_output=True, text=True)
-        assert done.returncode == 0, done.stdout + done.stderr
+        AIRFLOW_CONN_SPARK_DEFAULT=cluster.master_url,
+        LAKEHOUSE_LANDING=str(landing),
+        LAKEHOUSE_WAREHOUSE=str(root / "warehouse"),
+        LAKEHOUSE_SHUFFLE_PARTITIONS="2",
+        LAKEHOUSE_SPARK_UI="false",
+        LAKEHOUSE_SPARK_EXECUTOR_MEMORY="1g",
+        LAKEHOUSE_SPARK_JAVA_OPTIONS="-XX:TieredStopAtLevel=1",
+    )
+    env.pop("PYSPARK_PYTHON", None)  # executors find the virtualenv's python on the worker's PATH
+    prepare_airflow_db(env)
     started = time.monotonic()
     done = subprocess.run(["airflow", "dags", "test", "lakehouse_daily", DAY], env=env,
                           capture_output=True, text=True, timeout=1200)
