@@ -29,13 +29,14 @@ RUN_DAYS ?= 3
 RUN_EVENTS_PER_DAY ?= 20000
 RUN_FIRST_DAY ?= 2010-12-01
 
-.PHONY: help setup run test test-slow browser dag-test airflow airflow-stop backfill airflow-db spark-cluster spark-cluster-stop clean
+.PHONY: help setup run test test-slow bench browser dag-test airflow airflow-stop backfill airflow-db spark-cluster spark-cluster-stop clean
 
 help:
 	@echo "make setup                   create .venv with the pinned requirements (idempotent)"
 	@echo "make run                     stage real orders and generated events, run lakehouse_daily, show the tables"
 	@echo "make test                    run the test suite (all but the tests marked slow)"
 	@echo "make test-slow               run the slow acceptance tests"
+	@echo "make bench [BENCH_ARGS=...]  the benchmark: layers, DuckDB on the same input, growth, fixed cost (bench-results/)"
 	@echo "make dag-test DATE=YYYY-MM-DD run lakehouse_daily for one ingestion date (airflow dags test)"
 	@echo "make airflow                 start Airflow in the background: UI on localhost:8080, login printed"
 	@echo "make airflow-stop            stop it (running tasks included)"
@@ -49,6 +50,9 @@ setup: $(SETUP_STAMP)
 	@bash include/check-prerequisites.sh "$(BIN)/python"
 	@# The project root on the venv's path: DAGs, jobs, tools and tests import include/ and spark_jobs/.
 	@echo "$(CURDIR)" > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/lakehouse.pth"
+	@# The Delta jars in the venv: layer jobs start with --jars instead of resolving --packages each time.
+	@$(BIN)/python -m include.tools.delta_jars > /dev/null \
+		|| echo "setup: could not resolve the Delta jars; layer jobs will resolve the Delta package at each start"
 	@# Data Docs' scripts and styles, so the site works opened from disk without internet access.
 	@$(BIN)/python -m include.tools.data_docs_assets > /dev/null \
 		|| echo "setup: could not fetch the Data Docs assets from the npm registry; the pages will load them from CDNs"
@@ -123,6 +127,12 @@ test: setup browser
 # reruns, generated event days through gold in and out of order, the history bench on three small days.
 test-slow: setup browser
 	python -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=12 -m slow
+
+# The benchmark (include/tools/bench.py): about an hour on 2 cores with the defaults; BENCH_ARGS="--help" lists
+# its options, e.g. BENCH_ARGS="--events-per-day 200000 --skip growth".
+BENCH_ARGS ?=
+bench: setup
+	python -m include.tools.bench $(BENCH_ARGS)
 
 # Debian's chromium and chromedriver for the browser test, when missing and installable.
 browser:

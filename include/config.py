@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
@@ -194,6 +195,23 @@ class Settings:
         }
 
 
+def spark_submit_command(settings: Settings, layer: str, arguments: list[str], name: str,
+                         conf: dict[str, str] | None = None) -> list[str]:
+    """The spark-submit command line of a layer job on local Spark, as the DAG's LayerJobOperator submits it
+    (the Spark provider builds that one from the same settings: the Delta jars, or the package where they
+    are not kept, every Spark setting but the driver's heap as --conf, the heap as --driver-memory). The
+    benchmark runs jobs with it."""
+    options = {key: value for key, value in settings.spark_conf().items() if key != "spark.driver.memory"}
+    options.update(conf or {})
+    command = ["spark-submit", "--master", settings.spark_master]
+    for key, value in options.items():
+        command += ["--conf", f"{key}={value}"]
+    jars = delta_jars()
+    command += ["--jars", ",".join(jars)] if jars else ["--packages", delta_package()]
+    return [*command, "--name", name, "--driver-memory", settings.driver_memory,
+            str(PROJECT_ROOT / "spark_jobs" / f"{layer}.py"), *arguments]
+
+
 def _catalog(value: str) -> str | None:
     value = value.strip()
     if value and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
@@ -209,6 +227,23 @@ def delta_package() -> str:
     """Maven coordinate of the Delta jar that matches the installed delta-spark and pyspark."""
     spark_minor = ".".join(metadata.version("pyspark").split(".")[:2])
     return f"io.delta:delta-spark_{spark_minor}_2.13:{metadata.version('delta-spark')}"
+
+
+def delta_jars_dir() -> Path:
+    """Where `make setup` keeps the jars of `delta_package()` (include/tools/delta_jars.py)."""
+    return Path(sys.prefix) / "share" / "lakehouse-jars" / delta_package().replace(":", "_")
+
+
+def delta_jars() -> list[str] | None:
+    """The jars of `delta_package()` kept in the virtual environment, or None when they are not all there
+    (jobs then name the package, and Spark resolves it at their start)."""
+    folder = delta_jars_dir()
+    try:
+        names = (folder / "jars.txt").read_text().split()
+    except OSError:
+        return None
+    jars = [folder / name for name in names]
+    return [str(jar) for jar in jars] if names and all(jar.is_file() for jar in jars) else None
 
 
 def _iso(value: date | str) -> str:

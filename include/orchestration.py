@@ -24,7 +24,7 @@ from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOpe
 from airflow.sdk import Asset, BaseOperatorLink
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from include.config import LAYERS, PROJECT_ROOT, Settings, delta_package, get_settings
+from include.config import LAYERS, PROJECT_ROOT, Settings, delta_jars, delta_package, get_settings
 from include.sources import PUBLISHED_TABLES, validation_run_name
 
 # A job that refuses its input (a failed gate, a delivery it cannot read) exits with this status.
@@ -127,13 +127,16 @@ class LayerJobOperator(SparkSubmitOperator):
                 conf["spark.cores.max"] = str(settings.cores_max)
             if settings.java_options:  # executors are short-lived JVMs too
                 conf["spark.executor.extraJavaOptions"] = settings.java_options
+        # The Delta jars `make setup` keeps in the venv: no Ivy resolution at each start (else the package).
+        jars = delta_jars()
         super().__init__(
             task_id=layer,
             conn_id=settings.spark_conn_id,
             application=str(PROJECT_ROOT / "spark_jobs" / f"{layer}.py"),
             application_args=job_parameters(source, options),
             name=f"{layer}-{source}-{{{{ ds }}}}",
-            packages=delta_package(),
+            packages=None if jars else delta_package(),
+            jars=",".join(jars) if jars else None,
             conf=conf,
             driver_memory=settings.driver_memory,
             pool=pool_name(layer),

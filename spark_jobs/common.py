@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
+import json
 import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable
 from datetime import date, datetime, timezone
 
@@ -17,6 +20,10 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 SETTING_PREFIX = "LAKEHOUSE_"
 # How a refusal reads where the exit status does not reach the orchestrator (a Databricks task's error).
 REFUSED = "RefusedInput"
+# A finished job logs one line that starts with this, then its timings and result as JSON (the benchmark
+# and `make run` read it; people read the lines before it).
+RESULT_MARK = "lakehouse job result:"
+_IMPORTED_AT = time.time()
 
 
 class RefusedInput(RuntimeError):
@@ -99,13 +106,47 @@ def run_layer_job(layer: str, description: str, run, argv: list[str] | None = No
         # Great Expectations takes seconds to import: do it while the Spark session starts.
         threading.Thread(target=importlib.import_module, args=("great_expectations",), daemon=True).start()
     spark = get_spark(f"{layer}-{source.name}-{args.ingestion_date}", settings)
+    session_ready = time.time()
     try:
-        run(spark, settings, source, args.ingestion_date, args.run_id, **options)
+        result = run(spark, settings, source, args.ingestion_date, args.run_id, **options)
     except expected_errors as error:
         logging.getLogger(f"lakehouse.{layer}").error("%s", error)
         if "DATABRICKS_RUNTIME_VERSION" in os.environ:
             raise RefusedInput(f"{layer} {source.name} {args.ingestion_date}: {error}") from error
         raise SystemExit(2) from error
+    finished = time.time()
+    logging.getLogger(f"lakehouse.{layer}").info("%s %s", RESULT_MARK, json.dumps({
+        "layer": layer, "source": source.name, "ingestion_date": args.ingestion_date.isoformat(),
+        # Epoch seconds: the process that started the job (spark-submit's JVM, or this interpreter), the
+        # Spark session ready, the work done. Start-up is the first two apart, the work the last two.
+        "started_at": _launched_at(), "session_ready_at": session_ready, "finished_at": finished,
+        "result": _plain(result)}, default=str))
+
+
+def _launched_at() -> float:
+    """When the job's process started: spark-submit's JVM when it launched this interpreter (it is the
+    parent; read from /proc where there is one), otherwise this interpreter."""
+    for pid in (os.getppid(), os.getpid()):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                command = handle.read().split(b"\0")
+            if pid == os.getpid() or any(part.endswith(b"SparkSubmit") for part in command):
+                with open(f"/proc/{pid}/stat") as handle:
+                    ticks = int(handle.read().rsplit(")", 1)[1].split()[19])  # field 22: start time in clock ticks
+                with open("/proc/uptime") as handle:
+                    uptime = float(handle.read().split()[0])
+                return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
+        except (OSError, ValueError, IndexError):
+            continue
+    return _IMPORTED_AT
+
+
+def _plain(result):
+    """A job's result (a dataclass, or a list of them) as JSON-ready values."""
+    if isinstance(result, list):
+        return [_plain(item) for item in result]
+    return dataclasses.asdict(result) if dataclasses.is_dataclass(result) else result
+
 
 
 def replace_partition(
