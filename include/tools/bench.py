@@ -1,0 +1,586 @@
+"""The lakehouse benchmark: how fast each layer is, at what cost, against DuckDB on the same input.
+
+    make bench                                     # the defaults below
+    python -m include.tools.bench --events-per-day 200000 --days 2 --growth-events-per-day 20000
+
+Every figure comes from running the layers as the DAG runs them: one spark-submit per layer, source
+and ingestion date, with the job files and settings of a local `lakehouse_daily` run (the command of
+`include.config.spark_submit_command`). Nothing is timed inside a job but what the job reports of
+itself (its start-up, its work and its quality gate, from the `lakehouse job result:` line every layer
+job logs).
+
+Phases, each optional (`--skip`):
+
+- `layers`: generated event days (`--events-per-day`, default 2,000,000, 2% defects, `--days` 3) and
+  the first real order days (`--order-days`, 3), each day through bronze, silver and gold. Per layer:
+  wall seconds, delivered lines per second, the gate's seconds and share, the peak resident memory of
+  the Spark driver (the JVM, and the JVM with the job's Python process), the Delta files the job wrote
+  and their bytes.
+- `reference`: DuckDB (include/tools/bench_reference.py) doing the same bronze -> silver -> gold work on
+  the same files, timed per layer; our seconds divided by DuckDB's, per layer and end to end, and every
+  gold mart compared row for row.
+- `refresh`: a full refresh of each source's gold marts after the last day, against the sum of the
+  incremental gold runs.
+- `growth`: the cost of day N+1 after 1, 10 and 30 days of history (`--growth-events-per-day`, default
+  200,000): history days run in one Spark session in this process (the same functions, no start-up per
+  job), the measured days 2, 11 and 31 as spark-submit jobs like every other figure.
+- `fixed`: one `airflow dags test lakehouse_daily` run of a tiny events delivery (`--tiny-events`,
+  1,000), split into Spark start-up, work, Spark shut-down and Airflow's own time.
+
+The report is printed as Markdown and written, with the machine (cores, memory, versions) and every
+raw figure, to `--out` (default bench-results/, kept out of git) as report.md and report.json. The
+targets of the benchmark issue are checked at the end: end to end at most 6 times DuckDB's time, day
+31 at most 1.25 times day 2, each gate at most 25% of its layer, a tiny run under 60 s.
+
+Everything the benchmark writes (landing zone, warehouse, GX project, Airflow home) lives under
+--root (default: a new temporary folder), never the project's own data/ folders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from importlib import metadata
+from pathlib import Path
+
+from include.config import LAYERS, PROJECT_ROOT, SAMPLE_ORDERS_DIR, Settings, spark_submit_command
+from include.sources import EVENTS, ORDERS
+from include.tools import generate_events, stage_orders
+
+PHASES = ("layers", "reference", "refresh", "growth", "fixed")
+RESULT_LINE = re.compile(r"lakehouse job result: (\{.*\})\s*$")
+EVENTS_START = date(2019, 10, 1)
+GROWTH_DAYS = (2, 11, 31)  # day N+1 after 1, 10 and 30 days of history
+# The benchmark issue's targets.
+TARGET_RATIO, TARGET_GROWTH, TARGET_GATE_SHARE, TARGET_TINY_SECONDS = 6.0, 1.25, 0.25, 60.0
+
+
+def log(message: str) -> None:
+    """Progress, on stderr: the report goes to stdout."""
+    print(f"[bench {datetime.now():%H:%M:%S}] {message}", file=sys.stderr, flush=True)
+
+
+# --- one layer job ---------------------------------------------------------------------------------
+
+@dataclass
+class JobFigures:
+    layer: str
+    source: str
+    day: str
+    wall_seconds: float
+    startup_seconds: float  # spark-submit started -> Spark session ready
+    work_seconds: float  # session ready -> the job's work done (the gate included)
+    validation_seconds: float
+    jvm_peak_bytes: int
+    driver_peak_bytes: int  # the JVM and the job's Python process together
+    files_written: int
+    bytes_written: int
+    delivered_lines: int = 0
+    result: object = None
+
+    @property
+    def shutdown_seconds(self) -> float:
+        return max(self.wall_seconds - self.startup_seconds - self.work_seconds, 0.0)
+
+
+class PeakMemory:
+    """Samples the resident memory of a process and its children until stopped; the peaks."""
+
+    def __init__(self, pid: int, every: float = 0.1) -> None:
+        import psutil
+
+        self._process = psutil.Process(pid)
+        self._every = every
+        self.own = self.tree = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        import psutil
+
+        while not self._stop.is_set():
+            try:
+                own = self._process.memory_info().rss
+                children = sum(child.memory_info().rss for child in self._process.children(recursive=True))
+            except psutil.Error:
+                own = children = 0
+            self.own, self.tree = max(self.own, own), max(self.tree, own + children)
+            self._stop.wait(self._every)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _files_under(folder: Path) -> dict[str, int]:
+    """Data files of the Delta tables under a layer's folder (not their logs), with their sizes."""
+    if not folder.is_dir():
+        return {}
+    return {str(path): path.stat().st_size for path in folder.rglob("*.parquet") if "_delta_log" not in path.parts}
+
+
+def run_job(settings: Settings, env: dict[str, str], layer: str, source: str, day: date, log_dir: Path,
+            options: list[str] | None = None, label: str = "") -> JobFigures:
+    """One layer job under spark-submit, as the DAG submits it; its figures. Fails on a non-zero exit."""
+    name = f"{layer}-{source}-{day}"
+    arguments = ["--source", source, "--ingestion-date", day.isoformat(), "--run-id", f"bench__{name}{label}",
+                 *(options or [])]
+    command = spark_submit_command(settings, layer, arguments, name)
+    before = _files_under(settings.warehouse / layer)
+    log_path = log_dir / f"{name}{label}.log"
+    started = time.time()
+    with open(log_path, "w") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env, cwd=PROJECT_ROOT)
+        memory = PeakMemory(process.pid)
+        code = process.wait()
+        memory.stop()
+    wall = time.time() - started
+    text = log_path.read_text(errors="replace")
+    if code != 0:
+        raise RuntimeError(f"{name} failed with exit status {code}; its log: {log_path}\n{text[-3000:]}")
+    found = [json.loads(match.group(1)) for match in map(RESULT_LINE.search, text.splitlines()) if match]
+    if not found:
+        raise RuntimeError(f"{name} logged no 'lakehouse job result:' line; its log: {log_path}")
+    report = found[-1]
+    after = _files_under(settings.warehouse / layer)
+    new = {path: size for path, size in after.items() if path not in before}
+    result = report["result"]
+    validation = (sum(mart["validation_seconds"] for mart in result) if isinstance(result, list)
+                  else result["validation_seconds"])
+    return JobFigures(layer, source, day.isoformat(), wall, report["session_ready_at"] - started,
+                      report["finished_at"] - report["session_ready_at"], validation, memory.own, memory.tree,
+                      len(new), sum(new.values()), result=result)
+
+
+# --- the phases ------------------------------------------------------------------------------------
+
+def _settings(root: Path) -> Settings:
+    return Settings.from_env({**os.environ, "LAKEHOUSE_LANDING": str(root / "landing"),
+                              "LAKEHOUSE_WAREHOUSE": str(root / "warehouse"),
+                              "LAKEHOUSE_GX_ROOT": str(root), "LAKEHOUSE_DATA_DOCS": str(root / "data-docs"),
+                              "LAKEHOUSE_SPARK_UI": "false"})
+
+
+def _job_env(settings: Settings) -> dict[str, str]:
+    """The jobs' environment: this one (its Spark settings too), with the benchmark's folders."""
+    env = dict(os.environ)
+    env.update({"LAKEHOUSE_LANDING": str(settings.landing), "LAKEHOUSE_WAREHOUSE": str(settings.warehouse),
+                "LAKEHOUSE_GX_ROOT": str(settings.gx_root), "LAKEHOUSE_DATA_DOCS": str(settings.data_docs),
+                "LAKEHOUSE_SPARK_UI": "false", "PYSPARK_PYTHON": env.get("PYSPARK_PYTHON", sys.executable)})
+    # The venv's spark-submit and python first, as under make.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def _lines(settings: Settings, source: str, day: date) -> int:
+    """Data lines delivered for a source and date (what bronze must account for)."""
+    import gzip
+
+    total = 0
+    for path in sorted(settings.landing_dir(source, day).iterdir()):
+        opener = gzip.open if path.name.endswith(".gz") else open
+        with opener(path, "rb") as handle:
+            total += sum(1 for _ in handle) - 1
+    return total
+
+
+def deliver(settings: Settings, events_days: list[date], events_per_day: int, order_days: list[date]) -> None:
+    with contextlib.redirect_stdout(sys.stderr):
+        for day in events_days:
+            if not settings.landing_dir(EVENTS.name, day).is_dir():
+                generate_events.main(["--from", day.isoformat(), "--days", "1", "--events-per-day",
+                                      str(events_per_day), "--defect-rate", "0.02", "--landing", str(settings.landing)])
+        if order_days:
+            stage_orders.main(["--from", order_days[0].isoformat(), "--to", order_days[-1].isoformat(),
+                               "--landing", str(settings.landing)])
+
+
+def phase_layers(settings: Settings, days: dict[str, list[date]], log_dir: Path) -> list[JobFigures]:
+    env, figures = _job_env(settings), []
+    for source, source_days in days.items():
+        for day in source_days:
+            lines = _lines(settings, source, day)
+            for layer in LAYERS:
+                log(f"{layer} {source} {day} ({lines:,} lines) ...")
+                job = run_job(settings, env, layer, source, day, log_dir)
+                job.delivered_lines = lines
+                figures.append(job)
+                log(f"  {job.wall_seconds:.1f} s wall ({job.startup_seconds:.1f} s start-up, "
+                    f"{job.work_seconds:.1f} s work of which {job.validation_seconds:.1f} s the gate), "
+                    f"JVM peak {job.jvm_peak_bytes / 2**20:,.0f} MiB, {job.files_written} files written")
+    return figures
+
+
+def phase_reference(settings: Settings, days: dict[str, list[date]], out: Path) -> dict:
+    from include.tools.bench_reference import Reference
+
+    reference = Reference(settings.landing, out)
+    timings = []
+    for source, source_days in days.items():
+        for day in source_days:
+            for layer in LAYERS:
+                outcome = getattr(reference, layer)(source, day)
+                timings.append({"layer": layer, "source": source, "day": day.isoformat(), **outcome})
+                log(f"duckdb {layer} {source} {day}: {outcome['seconds']:.2f} s")
+    return {"timings": timings, "comparison": compare_gold(settings, reference, days)}
+
+
+def compare_gold(settings: Settings, reference, days: dict[str, list[date]]) -> dict[str, str]:
+    """Every gold mart of the sources run, ours (read with the deltalake package) against DuckDB's."""
+    from deltalake import DeltaTable
+
+    from spark_jobs.transforms.gold import marts_of
+
+    outcome = {}
+    for source in days:
+        for mart in marts_of(source):
+            ours = DeltaTable(settings.table_path("gold", mart.table)).to_pyarrow_table()
+            ours = ours.select([name for name in ours.column_names if not name.startswith("_")])
+            theirs = reference.gold_table(mart.table).select(ours.column_names)
+            outcome[mart.table] = _difference(ours, theirs)
+            log(f"gold {mart.table}: {outcome[mart.table]}")
+    return outcome
+
+
+def _difference(ours, theirs) -> str:
+    """'equal (N rows)' or what differs between two tables with the same columns."""
+    if ours.num_rows != theirs.num_rows:
+        return f"DIFFERENT: {ours.num_rows:,} rows against DuckDB's {theirs.num_rows:,}"
+    keys = [(name, "ascending") for name in ours.column_names]
+    left, right = ours.sort_by(keys).to_pylist(), theirs.cast(ours.schema, safe=False).sort_by(keys).to_pylist()
+    differing = [(a, b) for a, b in zip(left, right) if a != b]
+    if differing:
+        return f"DIFFERENT: {len(differing):,} of {ours.num_rows:,} rows, e.g. ours {differing[0][0]} against {differing[0][1]}"
+    return f"equal ({ours.num_rows:,} rows)"
+
+
+def phase_refresh(settings: Settings, days: dict[str, list[date]], log_dir: Path) -> list[JobFigures]:
+    env, figures = _job_env(settings), []
+    for source, source_days in days.items():
+        log(f"gold {source} full refresh on {source_days[-1]} ...")
+        figures.append(run_job(settings, env, "gold", source, source_days[-1], log_dir,
+                               ["--refresh", "full"], label="-full"))
+        log(f"  {figures[-1].wall_seconds:.1f} s")
+    return figures
+
+
+def phase_growth(root: Path, events_per_day: int, log_dir: Path) -> list[JobFigures]:
+    """Days 1..31 of generated events; days 2, 11 and 31 measured as spark-submit jobs, the days between
+    built as history in one Spark session of a separate process, gone before the next measured day."""
+    import multiprocessing
+
+    settings = _settings(root)
+    env = _job_env(settings)
+    all_days = [EVENTS_START + timedelta(days=index) for index in range(max(GROWTH_DAYS))]
+    log(f"growth: delivering {len(all_days)} days of {events_per_day:,} events ...")
+    deliver(settings, all_days, events_per_day, [])
+    figures, history = [], []
+    for number, day in enumerate(all_days, start=1):
+        if number not in GROWTH_DAYS:
+            history.append(day)
+            continue
+        if history:
+            log(f"growth: history {history[0]} to {history[-1]} in one Spark session ...")
+            builder = multiprocessing.get_context("spawn").Process(target=_build_history, args=(root, history))
+            builder.start()
+            builder.join()
+            if builder.exitcode != 0:
+                raise RuntimeError(f"building the growth history {history[0]} to {history[-1]} failed")
+            history = []
+        lines = _lines(settings, EVENTS.name, day)
+        for layer in LAYERS:
+            job = run_job(settings, env, layer, EVENTS.name, day, log_dir, label="-growth")
+            job.delivered_lines = lines
+            figures.append(job)
+        log(f"growth day {number}: " + ", ".join(f"{job.layer} {job.wall_seconds:.1f} s" for job in figures[-3:]))
+    return figures
+
+
+def _build_history(root: Path, days: list[date]) -> None:
+    """Bronze, silver and gold of each day, in order, with the functions the layer jobs call."""
+    from include.spark import get_spark
+    from spark_jobs.bronze import run_bronze
+    from spark_jobs.gold import run_gold
+    from spark_jobs.silver import run_silver
+
+    settings = _settings(root)
+    spark = get_spark("bench-history", settings)
+    for day in days:
+        for run in (run_bronze, run_silver, run_gold):
+            run(spark, settings, EVENTS, day, f"bench-history-{day}")
+    spark.stop()
+
+
+def phase_fixed(root: Path, tiny_events: int, log_dir: Path) -> dict:
+    """One `airflow dags test` run of a tiny events delivery (no orders that day); where its time goes."""
+    settings = _settings(root)
+    day = EVENTS_START
+    deliver(settings, [day], tiny_events, [])
+    home = root / "airflow"
+    env = {**_job_env(settings), "AIRFLOW_HOME": str(home),
+           "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+           "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
+           "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True"}
+    env.pop("AIRFLOW_CONN_SPARK_LOCAL", None)
+    log("fixed cost: preparing Airflow's metadata database (not timed) ...")
+    for command in (["airflow", "db", "migrate"], [sys.executable, "-m", "include.orchestration"]):
+        subprocess.run(command, env=env, cwd=PROJECT_ROOT, check=True, capture_output=True)
+    log(f"fixed cost: airflow dags test lakehouse_daily {day} on {tiny_events:,} events ...")
+    log_path = log_dir / f"dags-test-{day}.log"
+    started = time.time()
+    with open(log_path, "w") as output:
+        code = subprocess.run(["airflow", "dags", "test", "lakehouse_daily", day.isoformat()], env=env,
+                              cwd=PROJECT_ROOT, stdout=output, stderr=subprocess.STDOUT).returncode
+    wall = time.time() - started
+    if code != 0:
+        raise RuntimeError(f"airflow dags test failed with exit status {code}; its log: {log_path}")
+    reports = [json.loads(match.group(1)) for match in
+               map(RESULT_LINE.search, log_path.read_text(errors="replace").splitlines()) if match]
+    with sqlite3.connect(home / "airflow.db") as db:
+        tasks = {task: (_epoch(start), _epoch(end)) for task, start, end in db.execute(
+            "SELECT task_id, start_date, end_date FROM task_instance WHERE dag_id = 'lakehouse_daily' "
+            "AND start_date IS NOT NULL AND end_date IS NOT NULL")}
+    jobs = {f"{report['source']}.{report['layer']}": report for report in reports}
+    # A layer task's time: from its start to the JVM's start (the task process), start-up, work, and
+    # from the work's end to the task's end (the JVM stopping, the task reporting).
+    startup = sum(report["session_ready_at"] - report["started_at"] for report in jobs.values())
+    work = sum(report["finished_at"] - report["session_ready_at"] for report in jobs.values())
+    shutdown = sum(tasks[task][1] - report["finished_at"] for task, report in jobs.items() if task in tasks)
+    split = {"wall_seconds": wall, "spark_startup_seconds": startup, "work_seconds": work,
+             "spark_shutdown_seconds": shutdown, "airflow_seconds": wall - startup - work - shutdown,
+             "layer_jobs": len(jobs), "tasks": len(tasks), "events": tiny_events}
+    log("fixed cost: " + ", ".join(f"{key} {value:.1f}" for key, value in split.items() if key.endswith("seconds")))
+    return split
+
+
+def _epoch(text: str) -> float:
+    moment = datetime.fromisoformat(text)
+    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
+
+
+# --- the report ------------------------------------------------------------------------------------
+
+def machine() -> dict:
+    import psutil
+
+    java = subprocess.run(["java", "-version"], capture_output=True, text=True)
+    versions = {name: _version(name) for name in ("pyspark", "delta-spark", "apache-airflow", "great-expectations",
+                                                  "duckdb", "deltalake")}
+    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cores": os.cpu_count(),
+            "memory_gib": round(psutil.virtual_memory().total / 2**30, 1), "platform": platform.platform(),
+            "python": platform.python_version(), "java": (java.stderr or java.stdout).splitlines()[0], **versions}
+
+
+def _version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _per_layer(jobs: list[JobFigures]) -> dict[str, dict]:
+    totals = {}
+    for layer in LAYERS:
+        mine = [job for job in jobs if job.layer == layer]
+        if not mine:
+            continue
+        wall = sum(job.wall_seconds for job in mine)
+        totals[layer] = {
+            "jobs": len(mine), "wall_seconds": wall, "lines": sum(job.delivered_lines for job in mine),
+            "lines_per_second": sum(job.delivered_lines for job in mine) / wall if wall else 0.0,
+            "startup_seconds": sum(job.startup_seconds for job in mine),
+            "work_seconds": sum(job.work_seconds for job in mine),
+            "validation_seconds": sum(job.validation_seconds for job in mine),
+            "validation_share": sum(job.validation_seconds for job in mine) / wall if wall else 0.0,
+            "jvm_peak_mib": max(job.jvm_peak_bytes for job in mine) / 2**20,
+            "driver_peak_mib": max(job.driver_peak_bytes for job in mine) / 2**20,
+            "files_written": sum(job.files_written for job in mine),
+            "mib_written": sum(job.bytes_written for job in mine) / 2**20,
+        }
+    return totals
+
+
+def build_report(figures: dict) -> tuple[str, dict]:
+    """(Markdown, the checks of the targets) from the collected figures."""
+    out, checks = [], {}
+    facts = figures["machine"]
+    out.append(f"# Lakehouse benchmark, {facts['date']}\n")
+    out.append(f"{facts['cores']} cores, {facts['memory_gib']} GiB, {facts['platform']}; Python {facts['python']}, "
+               f"{facts['java']}; Spark {facts['pyspark']}, Delta {facts['delta-spark']}, Airflow "
+               f"{facts['apache-airflow']}, GX {facts['great-expectations']}, DuckDB {facts['duckdb']}.\n")
+    out.append(f"Input: {figures['input']}.\n")
+
+    for source, jobs in figures.get("layers", {}).items():
+        jobs = [JobFigures(**job) for job in jobs]
+        out.append(f"## {source}: one spark-submit per layer and day\n")
+        out.append("| layer | jobs | wall s | lines/s | start-up s | work s | gate s | gate share | JVM peak MiB | "
+                   "driver peak MiB | files | MiB written |")
+        out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        layers = _per_layer(jobs)
+        for layer, row in layers.items():
+            out.append(f"| {layer} | {row['jobs']} | {row['wall_seconds']:.1f} | {row['lines_per_second']:,.0f} | "
+                       f"{row['startup_seconds']:.1f} | {row['work_seconds']:.1f} | {row['validation_seconds']:.1f} | "
+                       f"{row['validation_share']:.0%} | {row['jvm_peak_mib']:,.0f} | {row['driver_peak_mib']:,.0f} | "
+                       f"{row['files_written']} | {row['mib_written']:,.1f} |")
+            checks[f"{source} {layer}: gate at most {TARGET_GATE_SHARE:.0%} of the layer"] = (
+                row["validation_share"] <= TARGET_GATE_SHARE, f"{row['validation_share']:.0%}")
+        total = sum(row["wall_seconds"] for row in layers.values())
+        out.append(f"| **total** | {sum(row['jobs'] for row in layers.values())} | {total:.1f} | "
+                   f"{sum(job.delivered_lines for job in jobs if job.layer == 'bronze') / total:,.0f} | | | | | | | | |\n")
+        out.append("Per day (wall seconds): " + "; ".join(
+            f"{day}: " + ", ".join(f"{job.layer} {job.wall_seconds:.1f}" for job in jobs if job.day == day)
+            for day in sorted({job.day for job in jobs})) + "\n")
+
+    reference = figures.get("reference")
+    if reference:
+        out.append("## Against DuckDB on the same files\n")
+        out.append("| source | layer | ours s | DuckDB s | ours / DuckDB |")
+        out.append("|---|---|---|---|---|")
+        for source, jobs in figures.get("layers", {}).items():
+            ours_total = theirs_total = 0.0
+            for layer in LAYERS:
+                ours = sum(job["wall_seconds"] for job in jobs if job["layer"] == layer)
+                theirs = sum(item["seconds"] for item in reference["timings"]
+                             if item["layer"] == layer and item["source"] == source)
+                ours_total, theirs_total = ours_total + ours, theirs_total + theirs
+                out.append(f"| {source} | {layer} | {ours:.1f} | {theirs:.2f} | {ours / theirs:.1f} |")
+            ratio = ours_total / theirs_total
+            out.append(f"| {source} | **end to end** | {ours_total:.1f} | {theirs_total:.2f} | **{ratio:.1f}** |")
+            if source == EVENTS.name:
+                checks[f"events end to end at most {TARGET_RATIO:g} x DuckDB"] = (ratio <= TARGET_RATIO, f"{ratio:.1f} x")
+        out.append("")
+        out.append("Gold, ours against DuckDB's: " + "; ".join(
+            f"{mart} {verdict}" for mart, verdict in reference["comparison"].items()) + "\n")
+        checks["gold equal to DuckDB's"] = (all(verdict.startswith("equal")
+                                                for verdict in reference["comparison"].values()),
+                                            f"{len(reference['comparison'])} marts compared")
+
+    refresh = figures.get("refresh")
+    if refresh:
+        out.append("## Full refresh of gold against the incremental days\n")
+        out.append("| source | full refresh s | incremental gold s, summed over the days |")
+        out.append("|---|---|---|")
+        for job in refresh:
+            incremental = sum(item["wall_seconds"] for item in figures["layers"].get(job["source"], [])
+                              if item["layer"] == "gold")
+            out.append(f"| {job['source']} | {job['wall_seconds']:.1f} | {incremental:.1f} |")
+        out.append("")
+
+    growth = figures.get("growth")
+    if growth:
+        out.append(f"## Growth: day N+1 after N days of history ({figures['growth_events_per_day']:,} events a day)\n")
+        out.append("| day | bronze s | silver s | gold s | total s | against day 2 |")
+        out.append("|---|---|---|---|---|---|")
+        by_day = {}
+        for job in growth:
+            by_day.setdefault(job["day"], {})[job["layer"]] = job["wall_seconds"]
+        first = None
+        for number, (day, layers) in zip(GROWTH_DAYS, sorted(by_day.items())):
+            total = sum(layers.values())
+            first = first or total
+            out.append(f"| {number} ({day}) | {layers['bronze']:.1f} | {layers['silver']:.1f} | {layers['gold']:.1f} | "
+                       f"{total:.1f} | {total / first:.2f} |")
+            if number == max(GROWTH_DAYS):
+                checks[f"day 31 at most {TARGET_GROWTH} x day 2"] = (total / first <= TARGET_GROWTH, f"{total / first:.2f}")
+        out.append("")
+
+    fixed = figures.get("fixed")
+    if fixed:
+        out.append(f"## Fixed cost: one date, {fixed['events']:,} events, `airflow dags test`\n")
+        out.append("| wall s | Spark start-up s | work s | Spark shut-down s | Airflow s | layer jobs |")
+        out.append("|---|---|---|---|---|---|")
+        out.append(f"| {fixed['wall_seconds']:.1f} | {fixed['spark_startup_seconds']:.1f} | {fixed['work_seconds']:.1f} | "
+                   f"{fixed['spark_shutdown_seconds']:.1f} | {fixed['airflow_seconds']:.1f} | {fixed['layer_jobs']} |\n")
+        checks[f"tiny run under {TARGET_TINY_SECONDS:g} s"] = (fixed["wall_seconds"] < TARGET_TINY_SECONDS,
+                                                               f"{fixed['wall_seconds']:.1f} s")
+
+    if checks:
+        out.append("## Targets\n")
+        for name, (held, value) in checks.items():
+            out.append(f"- {'held' if held else 'MISSED'}: {name} ({value})")
+        out.append("")
+    return "\n".join(out), {name: {"held": held, "value": value} for name, (held, value) in checks.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events-per-day", type=int, default=2_000_000, help="generated events a day (2000000)")
+    parser.add_argument("--days", type=int, default=3, help="generated event days (3)")
+    parser.add_argument("--order-days", type=int, default=3, help="real order days, from 2010-12-01 on (3)")
+    parser.add_argument("--growth-events-per-day", type=int, default=200_000,
+                        help="generated events a day in the growth phase (200000)")
+    parser.add_argument("--tiny-events", type=int, default=1_000, help="events of the fixed-cost run (1000)")
+    parser.add_argument("--skip", default="", help=f"phases to leave out, separated by commas: {', '.join(PHASES)}")
+    parser.add_argument("--root", type=Path, help="folder for the landing zone, warehouse, logs (default: a temp folder)")
+    parser.add_argument("--keep", action="store_true", help="keep --root's data when done (a temp root is removed)")
+    parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench-results",
+                        help="where report.md and report.json go (bench-results/)")
+    args = parser.parse_args(argv)
+    skip = {phase.strip() for phase in args.skip.split(",") if phase.strip()}
+    if skip - set(PHASES):
+        parser.error(f"unknown phases {', '.join(sorted(skip - set(PHASES)))}; phases are {', '.join(PHASES)}")
+    if ({"reference", "refresh"} - skip) and "layers" in skip:
+        parser.error("the reference and refresh phases compare with the layers phase: skip them too")
+    if shutil.which("spark-submit") is None and not (Path(sys.executable).parent / "spark-submit").exists():
+        parser.error("spark-submit is not on PATH: run `make bench`, or `make setup` and use .venv/bin/python")
+
+    temporary = args.root is None
+    root = args.root or Path(tempfile.mkdtemp(prefix="lakehouse-bench-"))
+    root.mkdir(parents=True, exist_ok=True)
+    log_dir = root / "logs"
+    log_dir.mkdir(exist_ok=True)
+    log(f"root {root}; job logs in {log_dir}")
+    figures: dict = {"machine": machine()}
+    all_orders = sorted(stage_orders.available_days(SAMPLE_ORDERS_DIR))
+    days = {ORDERS.name: all_orders[:args.order_days],
+            EVENTS.name: [EVENTS_START + timedelta(days=index) for index in range(args.days)]}
+    days = {source: source_days for source, source_days in days.items() if source_days}
+    figures["input"] = (f"{args.days} generated event day(s) of {args.events_per_day:,} events (2% defects) and "
+                        f"{args.order_days} real order day(s) ({', '.join(map(str, days.get(ORDERS.name, [])))})")
+    started = time.monotonic()
+    try:
+        if "layers" not in skip:
+            settings = _settings(root / "main")
+            log(f"delivering {figures['input']} ...")
+            deliver(settings, days.get(EVENTS.name, []), args.events_per_day, days.get(ORDERS.name, []))
+            jobs = phase_layers(settings, days, log_dir)
+            figures["layers"] = {source: [vars(job) for job in jobs if job.source == source] for source in days}
+            if "reference" not in skip:
+                figures["reference"] = phase_reference(settings, days, root / "duckdb")
+            if "refresh" not in skip:
+                figures["refresh"] = [vars(job) for job in phase_refresh(settings, days, log_dir)]
+        if "growth" not in skip:
+            figures["growth_events_per_day"] = args.growth_events_per_day
+            figures["growth"] = [vars(job) for job in phase_growth(root / "growth", args.growth_events_per_day, log_dir)]
+        if "fixed" not in skip:
+            figures["fixed"] = phase_fixed(root / "fixed", args.tiny_events, log_dir)
+    finally:
+        figures["bench_seconds"] = time.monotonic() - started
+        markdown, checks = build_report(figures)
+        figures["targets"] = checks
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "report.md").write_text(markdown + "\n")
+        (args.out / "report.json").write_text(json.dumps(figures, indent=2, default=str))
+        print(markdown)
+        log(f"report: {args.out / 'report.md'} and report.json ({figures['bench_seconds']:.0f} s in all)")
+        if temporary and not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
