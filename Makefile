@@ -44,7 +44,7 @@ help:
 	@echo "                             backfill lakehouse_daily over those ingestion dates (Airflow must be up)"
 	@echo "make spark-cluster           start a Spark standalone master and worker on 127.0.0.1 (LAKEHOUSE_RUNTIME=spark)"
 	@echo "make spark-cluster-stop      stop them"
-	@echo "make clean                   remove data/, .airflow/ and .venv/"
+	@echo "make clean                   remove data/, .airflow/, .venv/ and bench-results/"
 
 setup: $(SETUP_STAMP)
 	@bash include/check-prerequisites.sh "$(BIN)/python"
@@ -53,6 +53,10 @@ setup: $(SETUP_STAMP)
 	@# The Delta jars in the venv: layer jobs start with --jars instead of resolving --packages each time.
 	@$(BIN)/python -m include.tools.delta_jars > /dev/null \
 		|| echo "setup: could not resolve the Delta jars; layer jobs will resolve the Delta package at each start"
+	@# The Spark driver's class data sharing archive: every layer job's JVM starts with Spark's classes loaded
+	@# (about 75 s, once; include/tools/jvm_archive.py).
+	@$(BIN)/python -m include.tools.jvm_archive > /dev/null \
+		|| echo "setup: could not build the Spark driver's class archive; layer jobs will start without it"
 	@# Data Docs' scripts and styles, so the site works opened from disk without internet access.
 	@$(BIN)/python -m include.tools.data_docs_assets > /dev/null \
 		|| echo "setup: could not fetch the Data Docs assets from the npm registry; the pages will load them from CDNs"
@@ -139,4 +143,4 @@ browser:
 	@bash include/install-browser.sh
 
 clean: airflow-stop spark-cluster-stop
-	rm -rf data .airflow .spark-cluster .venv .pytest_cache
+	rm -rf data .airflow .spark-cluster .venv .pytest_cache bench-results

@@ -190,9 +190,17 @@ class Settings:
             "spark.ui.enabled": str(self.spark_ui).lower(),
             "spark.ui.showConsoleProgress": "false",
             "spark.driver.memory": self.driver_memory,
-            "spark.driver.extraJavaOptions":
-                f"-Dlog4j.configurationFile=file:{LOG4J_CONFIG} {self.java_options}".strip(),
+            "spark.driver.extraJavaOptions": " ".join(self.driver_java_options()),
         }
+
+    def driver_java_options(self) -> list[str]:
+        """The driver JVM's options: the project's log settings, the class archive `make setup` keeps
+        (a driver that cannot use it starts without it), then LAKEHOUSE_SPARK_JAVA_OPTIONS."""
+        options = [f"-Dlog4j.configurationFile=file:{LOG4J_CONFIG}"]
+        archive = driver_archive()
+        if archive and "SharedArchiveFile" not in self.java_options and self.runtime != "databricks":
+            options.append(f"-XX:SharedArchiveFile={archive}")
+        return options + ([self.java_options] if self.java_options else [])
 
 
 def spark_submit_command(settings: Settings, layer: str, arguments: list[str], name: str,
@@ -232,6 +240,17 @@ def delta_package() -> str:
 def delta_jars_dir() -> Path:
     """Where `make setup` keeps the jars of `delta_package()` (include/tools/delta_jars.py)."""
     return Path(sys.prefix) / "share" / "lakehouse-jars" / delta_package().replace(":", "_")
+
+
+def driver_archive_path() -> Path:
+    """Where `make setup` keeps the Spark driver's class data sharing archive (include/tools/jvm_archive.py)."""
+    return Path(sys.prefix) / "share" / "lakehouse-jars" / f"spark-driver-{metadata.version('pyspark')}.jsa"
+
+
+def driver_archive() -> Path | None:
+    """The driver's class archive when `make setup` made one here, else None."""
+    path = driver_archive_path()
+    return path if path.is_file() else None
 
 
 def delta_jars() -> list[str] | None:

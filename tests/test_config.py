@@ -36,7 +36,8 @@ def test_environment_overrides_paths_and_spark(tmp_path):
     assert conf["spark.ui.enabled"] == "false"
     assert conf["spark.sql.session.timeZone"] == "UTC"
     assert conf["spark.driver.extraJavaOptions"].startswith("-Dlog4j.configurationFile=file:")
-    assert conf["spark.driver.extraJavaOptions"].endswith(".properties -XX:TieredStopAtLevel=1")
+    # The class archive of `make setup`, when there is one, stands between the two.
+    assert conf["spark.driver.extraJavaOptions"].endswith(" -XX:TieredStopAtLevel=1")
 
 
 def test_relative_paths_are_resolved(monkeypatch, tmp_path):
@@ -107,3 +108,32 @@ def test_cluster_settings_and_job_settings_from_the_command_line(monkeypatch):
     for bad in ("PATH=/tmp", "LAKEHOUSE_CATALOG", "LAKEHOUSE_BAD-NAME=1"):
         with pytest.raises(SystemExit):
             job_arguments("a job", ["--source", "orders", "--ingestion-date", "2010-12-01", "--setting", bad])
+
+
+def test_drivers_start_with_the_class_archive_and_the_jars_make_setup_keeps(tmp_path, monkeypatch):
+    import include.config as config
+
+    archive = tmp_path / "spark-driver.jsa"
+    monkeypatch.setattr(config, "driver_archive_path", lambda: archive)
+    assert not any("SharedArchiveFile" in option for option in Settings.from_env({}).driver_java_options())
+    archive.write_bytes(b"made by make setup")
+    options = Settings.from_env({"LAKEHOUSE_SPARK_JAVA_OPTIONS": "-XX:TieredStopAtLevel=1"}).driver_java_options()
+    assert options[1:] == [f"-XX:SharedArchiveFile={archive}", "-XX:TieredStopAtLevel=1"]
+    assert Settings.from_env({}).spark_conf()["spark.driver.extraJavaOptions"].endswith(f"={archive}")
+    # A user's own archive wins; Databricks drivers are not started from here.
+    own = Settings.from_env({"LAKEHOUSE_SPARK_JAVA_OPTIONS": "-XX:SharedArchiveFile=/mine.jsa"}).driver_java_options()
+    assert own[1:] == ["-XX:SharedArchiveFile=/mine.jsa"]
+    assert len(Settings.from_env({"LAKEHOUSE_RUNTIME": "databricks"}).driver_java_options()) == 1
+
+    jars = tmp_path / "jars"
+    monkeypatch.setattr(config, "delta_jars_dir", lambda: jars)
+    assert config.delta_jars() is None
+    jars.mkdir()
+    (jars / "a.jar").write_bytes(b"jar")
+    (jars / "jars.txt").write_text("a.jar\nb.jar\n")
+    assert config.delta_jars() is None, "a missing jar means resolving the package instead"
+    (jars / "b.jar").write_bytes(b"jar")
+    assert config.delta_jars() == [str(jars / "a.jar"), str(jars / "b.jar")]
+    command = config.spark_submit_command(Settings.from_env({}), "bronze", ["--source", "orders"], "bronze-x")
+    assert command[command.index("--jars") + 1] == f"{jars / 'a.jar'},{jars / 'b.jar'}"
+    assert "--packages" not in command
