@@ -43,7 +43,6 @@ import contextlib
 import json
 import os
 import platform
-import re
 import shutil
 import sqlite3
 import subprocess
@@ -61,7 +60,7 @@ from include.sources import EVENTS, ORDERS
 from include.tools import generate_events, stage_orders
 
 PHASES = ("layers", "reference", "refresh", "growth", "fixed")
-RESULT_LINE = re.compile(r"lakehouse job result: (\{.*\})\s*$")
+RESULT_MARK = "lakehouse job result: "
 EVENTS_START = date(2019, 10, 1)
 GROWTH_DAYS = (2, 11, 31)  # day N+1 after 1, 10 and 30 days of history
 # The benchmark issue's targets.
@@ -133,6 +132,17 @@ def _files_under(folder: Path) -> dict[str, int]:
     return {str(path): path.stat().st_size for path in folder.rglob("*.parquet") if "_delta_log" not in path.parts}
 
 
+def job_reports(text: str) -> list[dict]:
+    """The `lakehouse job result:` reports in a job's output, or in an Airflow log that quotes it (with
+    Airflow's own words after it on the line)."""
+    decoder, reports = json.JSONDecoder(), []
+    for line in text.splitlines():
+        at = line.find(RESULT_MARK)
+        if at >= 0:
+            reports.append(decoder.raw_decode(line, at + len(RESULT_MARK))[0])
+    return reports
+
+
 def run_job(settings: Settings, env: dict[str, str], layer: str, source: str, day: date, log_dir: Path,
             options: list[str] | None = None, label: str = "") -> JobFigures:
     """One layer job under spark-submit, as the DAG submits it; its figures. Fails on a non-zero exit."""
@@ -152,7 +162,7 @@ def run_job(settings: Settings, env: dict[str, str], layer: str, source: str, da
     text = log_path.read_text(errors="replace")
     if code != 0:
         raise RuntimeError(f"{name} failed with exit status {code}; its log: {log_path}\n{text[-3000:]}")
-    found = [json.loads(match.group(1)) for match in map(RESULT_LINE.search, text.splitlines()) if match]
+    found = job_reports(text)
     if not found:
         raise RuntimeError(f"{name} logged no 'lakehouse job result:' line; its log: {log_path}")
     report = found[-1]
@@ -295,7 +305,8 @@ def phase_growth(root: Path, events_per_day: int, log_dir: Path) -> list[JobFigu
             continue
         if history:
             log(f"growth: history {history[0]} to {history[-1]} in one Spark session ...")
-            builder = multiprocessing.get_context("spawn").Process(target=_build_history, args=(root, history))
+            builder = multiprocessing.get_context("spawn").Process(
+                target=_build_history, args=(root, history, log_dir / f"growth-history-{history[0]}.log"))
             builder.start()
             builder.join()
             if builder.exitcode != 0:
@@ -310,8 +321,12 @@ def phase_growth(root: Path, events_per_day: int, log_dir: Path) -> list[JobFigu
     return figures
 
 
-def _build_history(root: Path, days: list[date]) -> None:
-    """Bronze, silver and gold of each day, in order, with the functions the layer jobs call."""
+def _build_history(root: Path, days: list[date], log_path: Path) -> None:
+    """Bronze, silver and gold of each day, in order, with the functions the layer jobs call; what this
+    process and its JVM print goes to `log_path`."""
+    with open(log_path, "w") as output:
+        os.dup2(output.fileno(), 1)
+        os.dup2(output.fileno(), 2)
     from include.spark import get_spark
     from spark_jobs.bronze import run_bronze
     from spark_jobs.gold import run_gold
@@ -348,8 +363,7 @@ def phase_fixed(root: Path, tiny_events: int, log_dir: Path) -> dict:
     wall = time.time() - started
     if code != 0:
         raise RuntimeError(f"airflow dags test failed with exit status {code}; its log: {log_path}")
-    reports = [json.loads(match.group(1)) for match in
-               map(RESULT_LINE.search, log_path.read_text(errors="replace").splitlines()) if match]
+    reports = job_reports(log_path.read_text(errors="replace"))
     with sqlite3.connect(home / "airflow.db") as db:
         tasks = {task: (_epoch(start), _epoch(end)) for task, start, end in db.execute(
             "SELECT task_id, start_date, end_date FROM task_instance WHERE dag_id = 'lakehouse_daily' "
