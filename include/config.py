@@ -30,6 +30,9 @@ comes from the environment with a default that keeps everything inside the check
     LAKEHOUSE_TASK_RETRIES         retries of a layer job that failed for another reason than its
                                    data (2; refused data, exit status 2, is never retried)
 
+`make setup` keeps the Delta jars and a class data sharing archive of the Spark driver in the venv
+(`delta_jars`, `driver_archive`): jobs start with `--jars` and `-XX:SharedArchiveFile`.
+
 Short-lived JVMs on small deliveries spend much of their CPU compiling Java bytecode:
 LAKEHOUSE_SPARK_JAVA_OPTIONS="-XX:TieredStopAtLevel=1" (the quick compiler only) helps them, while a
 long-running session or a large day is slower with it.
