@@ -34,10 +34,11 @@ from spark_jobs.transforms.dimensions import DIMENSIONS
 
 log = logging.getLogger("lakehouse.silver")
 
-# Up to this many bronze rows decided in one run (a day of 1-2M events, or a few), the rows' fingerprints
-# are broadcast to the fingerprint index scan (~100 bytes each in the driver's memory); above it, say a
-# backfill that re-decides many later dates at once, the index is joined by a shuffle, which spills.
-BROADCAST_FINGERPRINTS = 3_000_000
+# Up to this many bronze rows decided in one run (a day of 1M events, or a few smaller days), the rows'
+# fingerprints are broadcast to the fingerprint index scan; above it the index is joined by a shuffle,
+# which spills. The broadcast is built in the driver: the 2M fingerprints of a 2M-event day ran the
+# default 2g driver out of heap (the benchmark, 2026-12-01), where 1M-event days had passed with it.
+BROADCAST_FINGERPRINTS = 1_000_000
 
 
 @dataclass(frozen=True)
