@@ -308,7 +308,12 @@ def phase_growth(root: Path, events_per_day: int, log_dir: Path) -> list[JobFigu
             builder = multiprocessing.get_context("spawn").Process(
                 target=_build_history, args=(root, history, log_dir / f"growth-history-{history[0]}.log"))
             builder.start()
-            builder.join()
+            try:
+                builder.join()
+            except BaseException:  # the benchmark stopped (Ctrl-C): the history process goes with it
+                builder.terminate()
+                builder.join()
+                raise
             if builder.exitcode != 0:
                 raise RuntimeError(f"building the growth history {history[0]} to {history[-1]} failed")
             history = []
