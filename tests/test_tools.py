@@ -196,3 +196,17 @@ def test_data_docs_pages_are_pointed_at_local_copies_of_their_assets(tmp_path):
     assert page.read_text() == ('<script src="../../../../../static/vendor/jquery.min.js"></script>'
                                 '<link href="../../../../../static/vendor/fontawesome/css/all.min.css">')
     assert (site / "static" / "vendor" / "jquery.min.js").read_text() == "/* jquery.min.js */"
+
+
+def test_the_benchmark_reads_job_reports_from_job_output_and_from_airflow_logs():
+    import json
+
+    from include.tools.bench import job_reports
+    from spark_jobs.common import RESULT_MARK
+
+    report = {"layer": "silver", "session_ready_at": 2.5, "result": {"rows": 3}}
+    text = "\n".join([f"2026-12-01 INFO lakehouse.silver: {RESULT_MARK} {json.dumps(report)}",
+                      "an unrelated line",
+                      f'2026-12-01T00:00:00Z [info ] INFO lakehouse.silver: {RESULT_MARK} {json.dumps(report)} '
+                      '[airflow.task.hooks.SparkSubmitHook] loc=spark_submit.py:737'])
+    assert job_reports(text) == [report, report]

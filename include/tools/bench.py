@@ -58,9 +58,9 @@ from pathlib import Path
 from include.config import LAYERS, PROJECT_ROOT, SAMPLE_ORDERS_DIR, Settings, spark_submit_command
 from include.sources import EVENTS, ORDERS
 from include.tools import generate_events, stage_orders
+from spark_jobs.common import RESULT_MARK
 
 PHASES = ("layers", "reference", "refresh", "growth", "fixed")
-RESULT_MARK = "lakehouse job result: "
 EVENTS_START = date(2019, 10, 1)
 GROWTH_DAYS = (2, 11, 31)  # day N+1 after 1, 10 and 30 days of history
 # The benchmark issue's targets.
@@ -139,7 +139,8 @@ def job_reports(text: str) -> list[dict]:
     for line in text.splitlines():
         at = line.find(RESULT_MARK)
         if at >= 0:
-            reports.append(decoder.raw_decode(line, at + len(RESULT_MARK))[0])
+            start = at + len(RESULT_MARK)
+            reports.append(decoder.raw_decode(line, len(line) - len(line[start:].lstrip()))[0])
     return reports
 
 
