@@ -210,3 +210,24 @@ def test_the_benchmark_reads_job_reports_from_job_output_and_from_airflow_logs()
                       f'2026-12-01T00:00:00Z [info ] INFO lakehouse.silver: {RESULT_MARK} {json.dumps(report)} '
                       '[airflow.task.hooks.SparkSubmitHook] loc=spark_submit.py:737'])
     assert job_reports(text) == [report, report]
+
+
+def test_the_benchmark_prints_a_run_beside_an_earlier_one():
+    from include.tools.bench import compare_reports
+
+    def report(day_date, seconds, growth=(), tiny=None):
+        jobs = [{"layer": layer, "day": "2019-10-01", "wall_seconds": value} for layer, value in seconds.items()]
+        growth_jobs = [{"layer": "silver", "day": day, "wall_seconds": value} for day, value in growth]
+        return {"machine": {"date": day_date}, "input": "3 days", "layers": {"events": jobs},
+                "growth": growth_jobs, "fixed": {"wall_seconds": tiny} if tiny else None}
+
+    before = report("2026-12-01T18:33", {"bronze": 40.0, "silver": 120.0, "gold": 40.0},
+                    [("2019-10-02", 100.0), ("2019-10-11", 110.0)], tiny=110.0)
+    after = report("2026-12-02T09:00", {"bronze": 40.0, "silver": 90.0, "gold": 30.0},
+                   [("2019-10-02", 90.0), ("2019-10-11", 99.0), ("2019-10-31", 99.0)])
+    lines = compare_reports(before, after).splitlines()
+    assert lines[0] == "## Against the run of 2026-12-01T18:33"
+    assert "| events silver, wall s | 120.0 | 90.0 | 0.75 |" in lines
+    assert "| events end to end, wall s | 200.0 | 160.0 | 0.80 |" in lines
+    assert "| growth day 11, wall s | 110.0 | 99.0 | 0.90 |" in lines
+    assert not any("day 31" in line or "tiny run" in line for line in lines), "only the figures both runs have"

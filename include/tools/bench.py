@@ -33,7 +33,8 @@ targets of the benchmark issue are checked at the end: end to end at most 6 time
 31 at most 1.25 times day 2, each gate at most 25% of its layer, a tiny run under 60 s.
 
 Everything the benchmark writes (landing zone, warehouse, GX project, Airflow home) lives under
---root (default: a new temporary folder), never the project's own data/ folders.
+--root (default: a new temporary folder), never the project's own data/ folders. `--against` an earlier
+run's report.json adds a table of this run's figures beside that run's (before and after a change).
 """
 
 from __future__ import annotations
@@ -536,6 +537,49 @@ def build_report(figures: dict) -> tuple[str, dict]:
     return "\n".join(out), {name: {"held": held, "value": value} for name, (held, value) in checks.items()}
 
 
+def _layer_seconds(report: dict) -> dict[tuple[str, str], float]:
+    """(source, layer) -> wall seconds summed over the days, and (source, "end to end")."""
+    seconds = {}
+    for source, jobs in report.get("layers", {}).items():
+        for job in jobs:
+            for key in ((source, job["layer"]), (source, "end to end")):
+                seconds[key] = seconds.get(key, 0.0) + job["wall_seconds"]
+    return seconds
+
+
+def _growth_totals(report: dict) -> dict[int, float]:
+    """Growth day number (2, 11, 31) -> the three layers' wall seconds of that day."""
+    by_day = {}
+    for job in report.get("growth") or []:
+        by_day[job["day"]] = by_day.get(job["day"], 0.0) + job["wall_seconds"]
+    return dict(zip(GROWTH_DAYS, (by_day[day] for day in sorted(by_day))))
+
+
+def compare_reports(before: dict, after: dict) -> str:
+    """Markdown: the figures two benchmark runs both have, side by side (a tuning pass's before and after)."""
+    out = [f"## Against the run of {before['machine']['date']}\n"]
+    if before.get("input") != after.get("input"):
+        out.append(f"Inputs differ: before {before.get('input')}; after {after.get('input')}.\n")
+    rows = []
+    then, now = _layer_seconds(before), _layer_seconds(after)
+    for source in after.get("layers", {}):
+        rows += [(f"{source} {layer}, wall s", then[source, layer], now[source, layer])
+                 for layer in (*LAYERS, "end to end") if (source, layer) in then and (source, layer) in now]
+    then, now = _growth_totals(before), _growth_totals(after)
+    rows += [(f"growth day {number}, wall s", then[number], now[number]) for number in now if number in then]
+    if before.get("fixed") and after.get("fixed"):
+        rows.append(("tiny run, wall s", before["fixed"]["wall_seconds"], after["fixed"]["wall_seconds"]))
+    if not rows:
+        out.append("No figure in common.\n")
+        return "\n".join(out)
+    out.append("| figure | before | after | after / before |")
+    out.append("|---|---|---|---|")
+    for name, old, new in rows:
+        out.append(f"| {name} | {old:.1f} | {new:.1f} | {new / old:.2f} |" if old else f"| {name} | {old:.1f} | {new:.1f} | |")
+    out.append("")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events-per-day", type=int, default=2_000_000, help="generated events a day (2000000)")
@@ -549,7 +593,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep --root's data when done (a temp root is removed)")
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench-results",
                         help="where report.md and report.json go (bench-results/)")
+    parser.add_argument("--against", type=Path, metavar="REPORT_JSON",
+                        help="an earlier run's report.json: its figures are printed beside this run's")
     args = parser.parse_args(argv)
+    before = json.loads(args.against.read_text()) if args.against else None
     skip = {phase.strip() for phase in args.skip.split(",") if phase.strip()}
     if skip - set(PHASES):
         parser.error(f"unknown phases {', '.join(sorted(skip - set(PHASES)))}; phases are {', '.join(PHASES)}")
@@ -592,6 +639,8 @@ def main(argv: list[str] | None = None) -> int:
         figures["bench_seconds"] = time.monotonic() - started
         markdown, checks = build_report(figures)
         figures["targets"] = checks
+        if before is not None:
+            markdown += "\n" + compare_reports(before, figures)
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "report.md").write_text(markdown + "\n")
         (args.out / "report.json").write_text(json.dumps(figures, indent=2, default=str))
