@@ -213,10 +213,11 @@ def test_the_benchmark_reads_job_reports_from_job_output_and_from_airflow_logs()
 
 
 def test_the_benchmark_prints_a_run_beside_an_earlier_one():
-    from include.tools.bench import compare_reports
+    from include.tools.bench import JobFigures, compare_reports
 
     def report(day_date, seconds, growth=(), tiny=None):
-        jobs = [{"layer": layer, "day": "2019-10-01", "wall_seconds": value} for layer, value in seconds.items()]
+        jobs = [vars(JobFigures(layer, "events", "2019-10-01", value, 7.0, value - 7.0, 1.0, 2**30, 2**31, 3, 2**20,
+                                2_000_000)) for layer, value in seconds.items()]
         growth_jobs = [{"layer": "silver", "day": day, "wall_seconds": value} for day, value in growth]
         return {"machine": {"date": day_date}, "input": "3 days", "layers": {"events": jobs},
                 "growth": growth_jobs, "fixed": {"wall_seconds": tiny} if tiny else None}

@@ -537,16 +537,6 @@ def build_report(figures: dict) -> tuple[str, dict]:
     return "\n".join(out), {name: {"held": held, "value": value} for name, (held, value) in checks.items()}
 
 
-def _layer_seconds(report: dict) -> dict[tuple[str, str], float]:
-    """(source, layer) -> wall seconds summed over the days, and (source, "end to end")."""
-    seconds = {}
-    for source, jobs in report.get("layers", {}).items():
-        for job in jobs:
-            for key in ((source, job["layer"]), (source, "end to end")):
-                seconds[key] = seconds.get(key, 0.0) + job["wall_seconds"]
-    return seconds
-
-
 def _growth_totals(report: dict) -> dict[int, float]:
     """Growth day number (2, 11, 31) -> the three layers' wall seconds of that day."""
     by_day = {}
@@ -561,10 +551,15 @@ def compare_reports(before: dict, after: dict) -> str:
     if before.get("input") != after.get("input"):
         out.append(f"Inputs differ: before {before.get('input')}; after {after.get('input')}.\n")
     rows = []
-    then, now = _layer_seconds(before), _layer_seconds(after)
-    for source in after.get("layers", {}):
-        rows += [(f"{source} {layer}, wall s", then[source, layer], now[source, layer])
-                 for layer in (*LAYERS, "end to end") if (source, layer) in then and (source, layer) in now]
+    for source, jobs in after.get("layers", {}).items():
+        then = _per_layer([JobFigures(**job) for job in before.get("layers", {}).get(source, [])])
+        now = _per_layer([JobFigures(**job) for job in jobs])
+        common = [layer for layer in now if layer in then]
+        rows += [(f"{source} {layer}, wall s", then[layer]["wall_seconds"], now[layer]["wall_seconds"])
+                 for layer in common]
+        if common:
+            rows.append((f"{source} end to end, wall s", sum(then[layer]["wall_seconds"] for layer in common),
+                         sum(now[layer]["wall_seconds"] for layer in common)))
     then, now = _growth_totals(before), _growth_totals(after)
     rows += [(f"growth day {number}, wall s", then[number], now[number]) for number in now if number in then]
     if before.get("fixed") and after.get("fixed"):
