@@ -36,8 +36,10 @@ log = logging.getLogger("lakehouse.silver")
 
 # Up to this many bronze rows decided in one run (a day of 1M events, or a few smaller days), the rows'
 # fingerprints are broadcast to the fingerprint index scan; above it the index is joined by a shuffle,
-# which spills. The broadcast is built in the driver: the 2M fingerprints of a 2M-event day ran the
-# default 2g driver out of heap (the benchmark, 2026-12-01), where 1M-event days had passed with it.
+# which spills. The same bound holds for the suspect duplicates, broadcast to the rows (a day has few;
+# a day delivered again is all suspects). The broadcast is built in the driver: the 2M fingerprints of a
+# 2M-event day ran the default 2g driver out of heap (the benchmark, 2026-12-01), where 1M-event days had
+# passed with it.
 BROADCAST_FINGERPRINTS = 1_000_000
 
 
@@ -55,7 +57,7 @@ def run_silver(spark, settings: Settings, source: Source, ingestion_date: date, 
     from pyspark.sql import Observation
     from pyspark.sql import functions as F
 
-    from spark_jobs.transforms.silver import classify, fingerprint, split_duplicates
+    from spark_jobs.transforms.silver import classify, duplicate_suspects, fingerprint, split_duplicates
 
     started = time.monotonic()
     bronze_path = settings.table_location("bronze", source.name)
@@ -68,13 +70,10 @@ def run_silver(spark, settings: Settings, source: Source, ingestion_date: date, 
     # date's silver rows, once they pass the gate).
     day = classify(source, bronze.where(F.col("_ingestion_date") == F.lit(ingestion_date)))
     day = fingerprint(source, day).cache()
-    entries = (day.where(F.col("_rule").isNull())
-               .groupBy("_fingerprint").count()
-               .select(F.lit(source.name).alias("source"), F.col("_fingerprint").alias("fingerprint"),
-                       F.col("count").alias("copies"), F.lit(ingestion_date).alias("_ingestion_date"))).cache()
+    entries = _index_entries(source, day).cache()
 
     # 2. Later dates that hold any row this date holds now, or held before, must be decided again.
-    later, index = [], entries
+    later, stored = [], None
     if store.exists(spark, index_path):
         stored = store.read(spark, index_path).where(F.col("source") == source.name)
         on_date = stored.where(F.col("_ingestion_date") == F.lit(ingestion_date)).select("fingerprint")
@@ -82,17 +81,24 @@ def run_silver(spark, settings: Settings, source: Source, ingestion_date: date, 
         later = sorted(row._ingestion_date for row in (
             stored.where(F.col("_ingestion_date") > F.lit(ingestion_date))
             .join(touched, "fingerprint", "left_semi").select("_ingestion_date").distinct().collect()))
-        # The index as it will stand: the other dates' entries and this date's new ones.
-        index = stored.where(F.col("_ingestion_date") != F.lit(ingestion_date)).unionByName(entries)
     dates = (ingestion_date, *later)
 
-    # 3. Decide those dates together from their bronze rows and the index, in one write per table.
-    rows = day
+    # 3. Decide those dates together from their bronze rows and the index as it will stand: the other
+    # dates' entries and theirs, taken afresh from bronze. Only the rows an earlier date or a second copy
+    # may make duplicates are compared; the rest go to silver as they are.
+    rows, decided = day, entries
     if later:
-        rows = day.unionByName(fingerprint(source, classify(source, bronze.where(F.col("_ingestion_date").isin(*later)))))
+        later_rows = fingerprint(source, classify(source, bronze.where(F.col("_ingestion_date").isin(*later))))
+        rows, decided = day.unionByName(later_rows), entries.unionByName(_index_entries(source, later_rows))
+    if stored is not None:
+        index = stored.where(~F.col("_ingestion_date").isin(*dates)).unionByName(decided)
+    else:
+        index = decided
     bronze_rows = dict(rows.groupBy("_ingestion_date").count().collect())
-    kept, rejected = split_duplicates(source, rows, index, run_id,
-                                      broadcast=sum(bronze_rows.values()) <= BROADCAST_FINGERPRINTS)
+    small = sum(bronze_rows.values()) <= BROADCAST_FINGERPRINTS
+    suspects = duplicate_suspects(index, dates, broadcast=small).cache()
+    kept, rejected = split_duplicates(source, rows, suspects, run_id,
+                                      broadcast=suspects.count() <= BROADCAST_FINGERPRINTS)
 
     # 4. Audit, then publish: the dates' silver and quarantine rows (and, for orders, the dimensions'
     # history rebuilt from all silver orders as they will stand) are staged in memory and validated;
@@ -137,12 +143,11 @@ def run_silver(spark, settings: Settings, source: Source, ingestion_date: date, 
     for dimension, frame in dimensions:
         store.save(spark, frame.write.format("delta").mode("overwrite"),
                    settings.table_location("silver", dimension.table))
-    replace_partition(entries, index_path,
-                      f"source = '{source.name}' AND _ingestion_date = '{ingestion_date.isoformat()}'",
-                      ["source", "_ingestion_date"])
+    # The later dates' entries are written again too: their silver rows now come from bronze as it stands.
+    replace_partition(decided, index_path, f"source = '{source.name}' AND {on_dates}", ["source", "_ingestion_date"])
     silver_rows = observed(kept_counts, kept, today)["rows"]
     quarantined = observed(rejected_counts, rejected, today)["rows"]
-    for frame in (day, entries, kept, rejected, *(frame for _, frame in dimensions)):
+    for frame in (day, entries, suspects, kept, rejected, *(frame for _, frame in dimensions)):
         frame.unpersist()
     result = SilverResult(source.name, dates, silver_rows, quarantined, time.monotonic() - started,
                           validation_seconds)
@@ -150,6 +155,16 @@ def run_silver(spark, settings: Settings, source: Source, ingestion_date: date, 
              ingestion_date, f"{silver_rows:,}", f"{quarantined:,}", result.seconds, validation_seconds,
              f"; later dates decided again: {', '.join(map(str, later))}" if later else "")
     return result
+
+
+def _index_entries(source: Source, rows):
+    """The index entries of fingerprinted rows: per date, each fingerprint of a passing row and its copies."""
+    from pyspark.sql import functions as F
+
+    return (rows.where(F.col("_rule").isNull())
+            .groupBy("_ingestion_date", "_fingerprint").count()
+            .select(F.lit(source.name).alias("source"), F.col("_fingerprint").alias("fingerprint"),
+                    F.col("count").alias("copies"), "_ingestion_date"))
 
 
 def main(argv: list[str] | None = None) -> None:

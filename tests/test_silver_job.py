@@ -33,7 +33,8 @@ def tables(spark, settings):
     def rows(table, drop=()):
         frame = spark.read.format("delta").load(settings.table_path("silver", table))
         return sorted(tuple(row) for row in frame.drop(*drop).collect())
-    return rows("orders"), rows("quarantine", ("_run_id",)), rows("dim_customer"), rows("dim_product")
+    return (rows("orders"), rows("quarantine", ("_run_id",)), rows("dim_customer"), rows("dim_product"),
+            rows("fingerprints"))
 
 
 def build(spark, settings, order):
@@ -62,7 +63,7 @@ def delivered(spark, lakehouse):
 def test_in_order_and_reverse_order_give_the_same_tables(spark, delivered):
     lakehouse, days = delivered
     in_order = build(spark, lakehouse, days)
-    silver, quarantine, customers, products = in_order
+    silver, quarantine, customers, products, index = in_order
     assert len(silver) == 4, "A and B kept on 12-01, C and MOVED on 12-02"
     rules = sorted((row[0], row[1], row[4]) for row in quarantine)
     assert rules == [
@@ -74,6 +75,11 @@ def test_in_order_and_reverse_order_give_the_same_tables(spark, delivered):
         ("orders", "malformed", date(2010, 12, 2)),
         ("orders", "non_positive_price", date(2010, 12, 1)),
     ]
+    # The index counts every passing row of a date: kept in silver, or quarantined as a duplicate.
+    for day in days:
+        passing = (sum(row[-1] == day for row in silver)
+                   + sum(row[1] == "duplicate" and row[4] == day for row in quarantine))
+        assert sum(entry[2] for entry in index if entry[3] == day) == passing, day
     reasons = {row[2] for row in quarantine if row[1] == "duplicate"}
     assert reasons == {"identical to another row of the same ingestion date",
                        "identical to a row kept from ingestion date 2010-12-01",

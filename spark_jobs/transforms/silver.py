@@ -204,37 +204,59 @@ def fingerprint(source, rows: DataFrame) -> DataFrame:
     return rows.withColumn("_fingerprint", F.sha2(F.concat_ws("\u0001", *fields), 256))
 
 
-def split_duplicates(source, rows: DataFrame, index: DataFrame, run_id: str,
+def duplicate_suspects(index: DataFrame, dates, broadcast: bool = False) -> DataFrame:
+    """The passing rows of `dates` that may be duplicates, by `_ingestion_date` and `_fingerprint`, with
+    `_kept_on`: the earlier date that keeps their copy, or null where the date holds the first copies (and
+    `_suspect`, always true: a row joined to no suspect has it null).
+
+    `index` is the fingerprint index as it will stand (`fingerprint`, `copies`, `_ingestion_date`: the passing
+    rows of every date, these dates included). A fingerprint is suspect on a date when that date holds it
+    twice or more, or an earlier date holds it too; every other passing row is kept without a look at its
+    neighbours. Only the index is read: its entries for `dates` narrow the history to their fingerprints,
+    so the aggregate is the size of the dates decided, not of history. With `broadcast` (the caller knows
+    those entries fit in memory) they are shipped to the scan of history, which then is a filter, with no
+    shuffle of the index.
+    """
+    from pyspark.sql import Window
+
+    on_dates = F.col("_ingestion_date").isin(*dates)
+    wanted = index.where(on_dates).select("fingerprint")
+    history = index.join(F.broadcast(wanted) if broadcast else wanted, "fingerprint", "left_semi")
+    first_on = F.min("_ingestion_date").over(Window.partitionBy("fingerprint"))
+    return (history.withColumn("_first_on", first_on)
+            .where(on_dates & ((F.col("copies") > 1) | (F.col("_first_on") < F.col("_ingestion_date"))))
+            .select("_ingestion_date", F.col("fingerprint").alias("_fingerprint"),
+                    F.when(F.col("_first_on") < F.col("_ingestion_date"), F.col("_first_on")).alias("_kept_on"),
+                    F.lit(True).alias("_suspect")))
+
+
+def split_duplicates(source, rows: DataFrame, suspects: DataFrame, run_id: str,
                      broadcast: bool = False) -> tuple[DataFrame, DataFrame]:
     """(silver rows, quarantine rows) of one or more ingestion dates.
 
-    `rows` are classified and fingerprinted bronze rows; `index` the fingerprints of passing rows of every
-    date, these included. A passing row is a duplicate when an earlier date holds the same fields (the
-    earliest date keeps its copy), or when it is a second copy within its own date.
-
-    The index holds every passing row ever delivered, so it is narrowed to these rows' fingerprints before
-    the earliest date of each is looked up: the aggregate is the size of the dates being decided, not of
-    history. With `broadcast` (the caller knows the rows fit in memory: a day or a few) their fingerprints
-    are shipped to the index scan, which then is a filter, with no shuffle of the index.
+    `rows` are classified and fingerprinted bronze rows; `suspects` what `duplicate_suspects` found for their
+    dates. A passing row is a duplicate when an earlier date holds the same fields (the earliest date keeps
+    its copy), or when it is a second copy within its own date. Only the suspect rows are compared with
+    each other; with `broadcast` (the caller knows the suspects fit in memory) they are shipped to every
+    task, and the other rows go to silver with no shuffle at all.
     """
     from pyspark.sql import Window
 
     passing = rows.where(F.col("_rule").isNull())
-    wanted = passing.select(F.col("_fingerprint").alias("fingerprint")).distinct()
-    owners = (index.join(F.broadcast(wanted) if broadcast else wanted, "fingerprint", "left_semi")
-              .groupBy("fingerprint").agg(F.min("_ingestion_date").alias("_first_on")))
+    marked = passing.join(F.broadcast(suspects) if broadcast else suspects,
+                          ["_ingestion_date", "_fingerprint"], "left_outer")
+    suspect = marked.where(F.col("_suspect"))
     copies = Window.partitionBy("_ingestion_date", "_fingerprint").orderBy("_source_file")
-    marked = (passing.join(owners, passing["_fingerprint"] == owners["fingerprint"], "left")
-              .withColumn("_kept_on", F.when(F.col("_first_on") < F.col("_ingestion_date"), F.col("_first_on")))
-              .withColumn("_copy", F.row_number().over(copies)))
+    compared = suspect.withColumn("_copy", F.row_number().over(copies))
     duplicate = F.col("_kept_on").isNotNull() | (F.col("_copy") > 1)
     reason = (F.when(F.col("_kept_on").isNotNull(),
                      F.concat(F.lit("identical to a row kept from ingestion date "), F.col("_kept_on").cast("string")))
               .otherwise(F.lit("identical to another row of the same ingestion date")))
-    kept = marked.where(~duplicate)
-    repeated = marked.where(duplicate).withColumn("_rule", F.lit("duplicate")).withColumn("_reason", reason)
-    rejected = rows.where(F.col("_rule").isNotNull()).unionByName(
-        repeated.drop("fingerprint", "_first_on", "_kept_on", "_copy"))
+    helpers = ("_kept_on", "_suspect", "_copy")
+    kept = (marked.where(F.col("_suspect").isNull()).drop(*helpers)
+            .unionByName(compared.where(~duplicate).drop(*helpers)))
+    repeated = compared.where(duplicate).withColumn("_rule", F.lit("duplicate")).withColumn("_reason", reason)
+    rejected = rows.where(F.col("_rule").isNotNull()).unionByName(repeated.drop(*helpers))
     return to_silver(source, kept), quarantine(source, rejected, run_id)
 
 
