@@ -44,6 +44,10 @@ PROGRESS_TABLE = "mart_progress"
 REFRESH_MODES = ("incremental", "full")
 # Key columns with at most this many touched values are also filtered on those values, literally (file skipping).
 LITERAL_KEYS_LIMIT = 1_000
+# A mart up to this size is rewritten whole (its other keys' rows as stored, the touched keys' fresh) rather
+# than merged: a Delta merge reads the mart twice and costs seconds whatever its size, where most marts are a
+# few megabytes and a day of events touches most of the products and users they hold.
+REWRITE_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -285,14 +289,14 @@ def _stage_keys(spark, path: str, mart, inputs, touched, count: int):
     rows = _matching(_narrowed(inputs, on_silver, count), on_silver, columns, "left_semi")
     fresh = mart.aggregate(rows)
     keys = mart.key_columns
-    if mart.finish is not None:
-        # Columns over the whole mart: the other keys' stored aggregates, the fresh ones, finished together.
+    if mart.finish is not None or store.delta_table(spark, path).detail().first()["sizeInBytes"] <= REWRITE_BYTES:
+        # The other keys' stored rows and the fresh ones; for columns over the whole mart, finished together.
         stored = store.read(spark, path).select(*fresh.columns)
         whole = _matching(stored, touched, keys, "left_anti").unionByName(fresh)
         def overwrite(frame) -> None:
             store.save(spark, frame.write.format("delta").mode("overwrite"), path)
 
-        return mart.finish(whole, inputs), overwrite
+        return (mart.finish(whole, inputs) if mart.finish is not None else whole), overwrite
 
     def merge(frame) -> None:
         # Touched keys left without silver rows are deleted; the others updated or inserted.

@@ -58,8 +58,12 @@ def fresh(settings):
 
 
 @pytest.mark.slow
-def test_each_run_equals_a_recomputation_and_late_events_move_their_date(spark, event_days):
+@pytest.mark.parametrize("rewrite_bytes", [None, 0], ids=["small-marts-rewritten", "marts-merged"])
+def test_each_run_equals_a_recomputation_and_late_events_move_their_date(spark, event_days, rewrite_bytes,
+                                                                         monkeypatch):
     settings = event_days
+    if rewrite_bytes is not None:  # every mart without columns over the whole mart is merged, however small
+        monkeypatch.setattr("spark_jobs.gold.REWRITE_BYTES", rewrite_bytes)
     fresh(settings)
     assert {result.refresh for result in run_day(spark, settings, DAYS[0])} == {"full"}
     first = gold_tables(spark, settings, "events")
