@@ -162,7 +162,9 @@ def _locked(root: Path) -> Iterator[None]:
 def _site_config(data_docs: Path) -> dict:
     return {
         "class_name": "SiteBuilder",
-        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        # GX's index builder, listing each result from a summary kept once instead of parsing them all.
+        "site_index_builder": {"class_name": "SummarizedSiteIndexBuilder",
+                               "module_name": "expectations.data_docs_index"},
         "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(data_docs)},
     }
 
