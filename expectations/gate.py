@@ -162,9 +162,7 @@ def _locked(root: Path) -> Iterator[None]:
 def _site_config(data_docs: Path) -> dict:
     return {
         "class_name": "SiteBuilder",
-        # GX's index builder, listing each result from a summary kept once instead of parsing them all.
-        "site_index_builder": {"class_name": "SummarizedSiteIndexBuilder",
-                               "module_name": "expectations.data_docs_index"},
+        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
         "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(data_docs)},
     }
 

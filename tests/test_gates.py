@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 import re
 from datetime import date
 from pathlib import Path
@@ -169,53 +168,3 @@ def test_an_empty_delivery_passes_the_gates_and_publishes_an_empty_date(spark, l
     result = run_silver(spark, lakehouse, ORDERS, date(2010, 12, 1), "empty")
     assert (result.silver_rows, result.quarantined_rows) == (0, 0)
     assert _version(spark, lakehouse.table_path("silver", "orders")) == 0
-
-
-def test_the_data_docs_index_reads_each_result_once_and_is_the_page_gx_renders(spark, lakehouse, monkeypatch):
-    from great_expectations.data_context.data_context.abstract_data_context import AbstractDataContext
-
-    from expectations import gate
-    from expectations.data_docs_index import read_summaries
-
-    schema = "event_date DATE, hour_of_day INT, purchases BIGINT, revenue DOUBLE"
-    good = spark.createDataFrame([(DAY, 10, 3, 42.5), (DAY, 11, 1, 5.0)], schema).cache()
-    bad = spark.createDataFrame([(NEXT_DAY, 25, 0, 1.0)], schema).cache()
-    gate.audit(spark, lakehouse, "gold", "events", DAY, [gate.Check("hourly_sales", good)])
-    with pytest.raises(GateFailed):
-        gate.audit(spark, lakehouse, "gold", "events", NEXT_DAY, [gate.Check("hourly_sales", bad)])
-
-    # A third gate parses its own new result for the index, not the two before it.
-    real, parsed = AbstractDataContext.get_validation_result, []
-    monkeypatch.setattr(AbstractDataContext, "get_validation_result",
-                        lambda self, *args, **kwargs: parsed.append(kwargs.get("run_id")) or real(self, *args, **kwargs))
-    gate.audit(spark, lakehouse, "gold", "events", date(2019, 10, 3), [gate.Check("hourly_sales", good)])
-    assert [run_id.run_name for run_id in parsed] == ["2019-10-03.gold.events"]
-    monkeypatch.setattr(AbstractDataContext, "get_validation_result", real)
-
-    summary_path = lakehouse.gx_root / "gx" / "uncommitted" / "data_docs_index.json"
-    summaries = read_summaries(summary_path)
-    assert sorted((json.loads(key)[-3], value["success"]) for key, value in summaries.items()) == [
-        ("2019-10-01.gold.events", True), ("2019-10-02.gold.events", False), ("2019-10-03.gold.events", True)]
-
-    # The index page is GX's own: built by GX's builder from the same results, it is the same page (but for
-    # the build time GX stamps on its links, `?d=<UTC time>`).
-    def index_page() -> str:
-        return re.sub(r"\?d=\d{8}T\d{6}\.\d+Z", "?d=", (lakehouse.data_docs / "index.html").read_text())
-
-    context = gate.project(lakehouse)
-    context.build_data_docs(site_names=[gate.SITE_NAME])
-    ours = index_page()
-    assert all(f"2019-10-0{day}.gold.events" in ours for day in (1, 2, 3)) and "Failed" in ours
-    context.update_data_docs_site(gate.SITE_NAME, {**gate._site_config(lakehouse.data_docs),
-                                                   "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"}})
-    context.build_data_docs(site_names=[gate.SITE_NAME])
-    assert index_page() == ours
-
-    # A result removed from the store leaves the index and the summary at the next build.
-    context = gate.project(lakehouse)
-    (removed,) = [key for key in context.validation_results_store.list_keys()
-                  if key.run_id.run_name == "2019-10-02.gold.events"]
-    context.validation_results_store.remove_key(removed)
-    context.build_data_docs(site_names=[gate.SITE_NAME])
-    assert len(read_summaries(summary_path)) == 2
-    assert "2019-10-02.gold.events" not in (lakehouse.data_docs / "index.html").read_text()
