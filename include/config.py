@@ -203,7 +203,18 @@ class Settings:
         archive = driver_archive()
         if archive and "SharedArchiveFile" not in self.java_options and self.runtime != "databricks":
             options.append(f"-XX:SharedArchiveFile={archive}")
-        return options + ([self.java_options] if self.java_options else [])
+        return options + self.jvm_options()
+
+    def jvm_options(self) -> list[str]:
+        """LAKEHOUSE_SPARK_JAVA_OPTIONS for the driver and executors. With the quick compiler only
+        (`-XX:TieredStopAtLevel=1`) the JVM reserves a 48 MB code cache, which a silver job of a concurrent
+        backfill filled (the JVM then fails to make call adapters: a failed task); such JVMs keep the
+        240 MB the JVM reserves with both compilers, unless the options set their own size."""
+        if not self.java_options:
+            return []
+        if "TieredStopAtLevel" in self.java_options and "ReservedCodeCacheSize" not in self.java_options:
+            return [self.java_options, "-XX:ReservedCodeCacheSize=240m"]
+        return [self.java_options]
 
 
 def spark_submit_command(settings: Settings, layer: str, arguments: list[str], name: str,

@@ -126,7 +126,7 @@ class LayerJobOperator(SparkSubmitOperator):
             if settings.cores_max:
                 conf["spark.cores.max"] = str(settings.cores_max)
             if settings.java_options:  # executors are short-lived JVMs too
-                conf["spark.executor.extraJavaOptions"] = settings.java_options
+                conf["spark.executor.extraJavaOptions"] = " ".join(settings.jvm_options())
         # The Delta jars `make setup` keeps in the venv: no Ivy resolution at each start (else the package).
         jars = delta_jars()
         super().__init__(

@@ -37,7 +37,7 @@ def test_environment_overrides_paths_and_spark(tmp_path):
     assert conf["spark.sql.session.timeZone"] == "UTC"
     assert conf["spark.driver.extraJavaOptions"].startswith("-Dlog4j.configurationFile=file:")
     # The class archive of `make setup`, when there is one, stands between the two.
-    assert conf["spark.driver.extraJavaOptions"].endswith(" -XX:TieredStopAtLevel=1")
+    assert conf["spark.driver.extraJavaOptions"].endswith(" -XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=240m")
 
 
 def test_relative_paths_are_resolved(monkeypatch, tmp_path):
@@ -118,7 +118,11 @@ def test_drivers_start_with_the_class_archive_and_the_jars_make_setup_keeps(tmp_
     assert not any("SharedArchiveFile" in option for option in Settings.from_env({}).driver_java_options())
     archive.write_bytes(b"made by make setup")
     options = Settings.from_env({"LAKEHOUSE_SPARK_JAVA_OPTIONS": "-XX:TieredStopAtLevel=1"}).driver_java_options()
-    assert options[1:] == [f"-XX:SharedArchiveFile={archive}", "-XX:TieredStopAtLevel=1"]
+    # The quick compiler alone would reserve a 48 MB code cache: the drivers keep the 240 MB of both compilers.
+    assert options[1:] == [f"-XX:SharedArchiveFile={archive}", "-XX:TieredStopAtLevel=1",
+                           "-XX:ReservedCodeCacheSize=240m"]
+    sized = Settings.from_env({"LAKEHOUSE_SPARK_JAVA_OPTIONS": "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=64m"})
+    assert sized.jvm_options() == ["-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=64m"]
     assert Settings.from_env({}).spark_conf()["spark.driver.extraJavaOptions"].endswith(f"={archive}")
     # A user's own archive wins; Databricks drivers are not started from here.
     own = Settings.from_env({"LAKEHOUSE_SPARK_JAVA_OPTIONS": "-XX:SharedArchiveFile=/mine.jsa"}).driver_java_options()
