@@ -86,9 +86,10 @@ def run_silver(spark, settings: Settings, source: Source, ingestion_date: date, 
     # 3. Decide those dates together from their bronze rows and the index as it will stand: the other
     # dates' entries and theirs, taken afresh from bronze. Only the rows an earlier date or a second copy
     # may make duplicates are compared; the rest go to silver as they are.
-    rows, decided = day, entries
+    rows, decided, later_rows = day, entries, None
     if later:
-        later_rows = fingerprint(source, classify(source, bronze.where(F.col("_ingestion_date").isin(*later))))
+        # Cached like the date's own rows: their entries are read by the duplicate rule and written to the index.
+        later_rows = fingerprint(source, classify(source, bronze.where(F.col("_ingestion_date").isin(*later)))).cache()
         rows, decided = day.unionByName(later_rows), entries.unionByName(_index_entries(source, later_rows))
     if stored is not None:
         index = stored.where(~F.col("_ingestion_date").isin(*dates)).unionByName(decided)
@@ -147,7 +148,8 @@ def run_silver(spark, settings: Settings, source: Source, ingestion_date: date, 
     replace_partition(decided, index_path, f"source = '{source.name}' AND {on_dates}", ["source", "_ingestion_date"])
     silver_rows = observed(kept_counts, kept, today)["rows"]
     quarantined = observed(rejected_counts, rejected, today)["rows"]
-    for frame in (day, entries, suspects, kept, rejected, *(frame for _, frame in dimensions)):
+    for frame in (day, entries, *([later_rows] if later else []), suspects, kept, rejected,
+                  *(frame for _, frame in dimensions)):
         frame.unpersist()
     result = SilverResult(source.name, dates, silver_rows, quarantined, time.monotonic() - started,
                           validation_seconds)
