@@ -157,7 +157,8 @@ def run_gold(spark, settings: Settings, source: Source, ingestion_date: date, ru
         log.info("gold %s %s: %s refresh to silver version %s%s in %.1f s", source.name, mart.table,
                  plans[mart.table], version, "" if keys is None else f", {keys:,} keys recomputed",
                  results[-1].seconds)
-    for frame in cached:
+    # Dependents first: uncaching a frame that cached frames are built on makes Spark plan those again.
+    for frame in reversed(cached):
         frame.unpersist()
     if changes is not None:
         changes.unpersist()

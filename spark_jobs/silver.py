@@ -148,8 +148,9 @@ def run_silver(spark, settings: Settings, source: Source, ingestion_date: date, 
     replace_partition(decided, index_path, f"source = '{source.name}' AND {on_dates}", ["source", "_ingestion_date"])
     silver_rows = observed(kept_counts, kept, today)["rows"]
     quarantined = observed(rejected_counts, rejected, today)["rows"]
-    for frame in (day, entries, *([later_rows] if later else []), suspects, kept, rejected,
-                  *(frame for _, frame in dimensions)):
+    # Dependents first: uncaching a frame that cached frames are built on makes Spark plan those again.
+    for frame in (*(frame for _, frame in reversed(dimensions)), rejected, kept, suspects,
+                  *([later_rows] if later else []), entries, day):
         frame.unpersist()
     result = SilverResult(source.name, dates, silver_rows, quarantined, time.monotonic() - started,
                           validation_seconds)
