@@ -19,6 +19,8 @@ comes from the environment with a default that keeps everything inside the check
     LAKEHOUSE_SHUFFLE_PARTITIONS   spark.sql.shuffle.partitions (4: a small machine)
     LAKEHOUSE_SPARK_UI             Spark UI on or off         (true)
     LAKEHOUSE_SPARK_JAVA_OPTIONS   extra JVM options for the Spark driver ("")
+    LAKEHOUSE_QUICK_COMPILER_MB    a delivery of at most this many MB on disk has its layer jobs'
+                                   JVMs compile with the quick compiler only (16; 0: never)
     LAKEHOUSE_SPARK_EXECUTOR_MEMORY  executor heap on a Spark cluster (1g)
     LAKEHOUSE_SPARK_CORES_MAX      cores one layer job may take on a Spark cluster (unset: all)
     LAKEHOUSE_CATALOG              address tables as `<catalog>.<layer>.<table>` (Unity Catalog on
@@ -33,9 +35,11 @@ comes from the environment with a default that keeps everything inside the check
 `make setup` keeps the Delta jars and a class data sharing archive of the Spark driver in the venv
 (`delta_jars`, `driver_archive`): jobs start with `--jars` and `-XX:SharedArchiveFile`.
 
-Short-lived JVMs on small deliveries spend much of their CPU compiling Java bytecode:
-LAKEHOUSE_SPARK_JAVA_OPTIONS="-XX:TieredStopAtLevel=1" (the quick compiler only) helps them, while a
-long-running session or a large day is slower with it.
+Short-lived JVMs on small deliveries spend much of their CPU compiling Java bytecode: the quick
+compiler only (`-XX:TieredStopAtLevel=1`) helps them, while a long-running session or a large day is
+slower with it. So a layer job of a delivery up to LAKEHOUSE_QUICK_COMPILER_MB starts its JVMs with it
+(`Settings.quick_compiler`), and LAKEHOUSE_SPARK_JAVA_OPTIONS="-XX:TieredStopAtLevel=1" gives it to
+every job.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from importlib import metadata
@@ -64,6 +68,9 @@ LOG4J_CONFIG = PROJECT_ROOT / "include" / "log4j2.properties"
 # (2010-12-22: zero-price stock adjustments), which is the kind of day an owner should look at first.
 # Generated event days quarantine their defect rate (2% in the benchmarks).
 DEFAULT_MAX_QUARANTINE_SHARE = {"orders": 0.10, "events": 0.05}
+
+# The JVM option of jobs on small deliveries: the quick compiler (C1) only, no optimising compiler.
+QUICK_COMPILER = "-XX:TieredStopAtLevel=1"
 
 # Tables that are not business tables but book-keeping of the layer that owns them.
 INGESTED_FILES_TABLE = ("bronze", "ingested_files")
@@ -88,6 +95,7 @@ class Settings:
     shuffle_partitions: int = 4
     spark_ui: bool = True
     java_options: str = ""
+    quick_compiler_bytes: int = 16 * 1024 * 1024
     executor_memory: str = "1g"
     cores_max: int | None = None
     catalog: str | None = None
@@ -122,6 +130,13 @@ class Settings:
             cores_max = int(env["LAKEHOUSE_SPARK_CORES_MAX"]) if env.get("LAKEHOUSE_SPARK_CORES_MAX") else None
         except ValueError as error:
             raise ValueError(f"bad setting in the environment: {error}") from None
+        quick_compiler_mb = env.get("LAKEHOUSE_QUICK_COMPILER_MB", "16")
+        try:
+            quick_compiler_bytes = int(float(quick_compiler_mb) * 1024 * 1024)
+        except (ValueError, OverflowError):
+            quick_compiler_bytes = -1
+        if quick_compiler_bytes < 0:
+            raise ValueError(f"LAKEHOUSE_QUICK_COMPILER_MB={quick_compiler_mb!r}: expected 0 or more megabytes")
         if max_active_runs < 1 or task_retries < 0:
             raise ValueError(f"LAKEHOUSE_MAX_ACTIVE_RUNS={max_active_runs} must be at least 1 and "
                              f"LAKEHOUSE_TASK_RETRIES={task_retries} at least 0")
@@ -154,6 +169,7 @@ class Settings:
             shuffle_partitions=partitions,
             spark_ui=spark_ui,
             java_options=env.get("LAKEHOUSE_SPARK_JAVA_OPTIONS", "").strip(),
+            quick_compiler_bytes=quick_compiler_bytes,
             executor_memory=env.get("LAKEHOUSE_SPARK_EXECUTOR_MEMORY", "1g"),
             cores_max=cores_max,
             catalog=_catalog(env.get("LAKEHOUSE_CATALOG", "")),
@@ -181,8 +197,9 @@ class Settings:
             return f"{self.catalog}.{layer}.{table}"
         return self.table_path(layer, table)
 
-    def spark_conf(self) -> dict[str, str]:
-        """Spark settings for every job, whether the session is built here or by spark-submit."""
+    def spark_conf(self, quick: bool = False) -> dict[str, str]:
+        """Spark settings for every job, whether the session is built here or by spark-submit (`quick`:
+        a job `quick_compiler` says yes to)."""
         return {
             "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
             "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
@@ -193,37 +210,56 @@ class Settings:
             "spark.ui.enabled": str(self.spark_ui).lower(),
             "spark.ui.showConsoleProgress": "false",
             "spark.driver.memory": self.driver_memory,
-            "spark.driver.extraJavaOptions": " ".join(self.driver_java_options()),
+            "spark.driver.extraJavaOptions": " ".join(self.driver_java_options(quick)),
         }
 
-    def driver_java_options(self) -> list[str]:
+    def driver_java_options(self, quick: bool = False) -> list[str]:
         """The driver JVM's options: the project's log settings, the class archive `make setup` keeps
-        (a driver that cannot use it starts without it), then LAKEHOUSE_SPARK_JAVA_OPTIONS."""
+        (a driver that cannot use it starts without it), then `jvm_options`."""
         options = [f"-Dlog4j.configurationFile=file:{LOG4J_CONFIG}"]
         archive = driver_archive()
         if archive and "SharedArchiveFile" not in self.java_options and self.runtime != "databricks":
             options.append(f"-XX:SharedArchiveFile={archive}")
-        return options + self.jvm_options()
+        return options + self.jvm_options(quick)
 
-    def jvm_options(self) -> list[str]:
-        """LAKEHOUSE_SPARK_JAVA_OPTIONS for the driver and executors. With the quick compiler only
-        (`-XX:TieredStopAtLevel=1`) the JVM reserves a 48 MB code cache, which a silver job of a concurrent
-        backfill filled (the JVM then fails to make call adapters: a failed task); such JVMs keep the
-        240 MB the JVM reserves with both compilers, unless the options set their own size."""
-        if not self.java_options:
-            return []
-        if "TieredStopAtLevel" in self.java_options and "ReservedCodeCacheSize" not in self.java_options:
-            return [self.java_options, "-XX:ReservedCodeCacheSize=240m"]
-        return [self.java_options]
+    def jvm_options(self, quick: bool = False) -> list[str]:
+        """LAKEHOUSE_SPARK_JAVA_OPTIONS for the driver and executors, and with `quick` the quick compiler
+        only. With it (`-XX:TieredStopAtLevel=1`) the JVM reserves a 48 MB code cache, which a silver job of
+        a concurrent backfill filled (the JVM then fails to make call adapters: a failed task); such JVMs
+        keep the 240 MB the JVM reserves with both compilers, unless the options set their own size."""
+        options = [self.java_options] if self.java_options else []
+        if quick and "TieredStopAtLevel" not in self.java_options:
+            options.append(QUICK_COMPILER)
+        joined = " ".join(options)
+        if "TieredStopAtLevel" in joined and "ReservedCodeCacheSize" not in joined:
+            options.append("-XX:ReservedCodeCacheSize=240m")
+        return options
+
+    def quick_compiler(self, source: str, ingestion_date: date | str, arguments: Sequence[str] = ()) -> bool:
+        """Whether the layer job of this source and date (with these job arguments) starts its JVMs with the
+        quick compiler only: its delivery, the date's landing files, holds at most
+        LAKEHOUSE_QUICK_COMPILER_MB on disk. Such a job is mostly fixed cost, compiling bytecode that runs
+        a few times; a large day, or a full refresh of the marts from all of silver, runs long enough for
+        the optimising compiler to pay. Not on Databricks (the cluster's JVMs are the cluster's), nor when
+        LAKEHOUSE_SPARK_JAVA_OPTIONS chooses the compilers itself."""
+        if self.runtime == "databricks" or not self.quick_compiler_bytes or "TieredStopAtLevel" in self.java_options:
+            return False
+        arguments = list(arguments)
+        if "--refresh" in arguments[:-1] and arguments[arguments.index("--refresh") + 1] == "full":
+            return False
+        folder = self.landing_dir(source, ingestion_date)
+        if not folder.is_dir():
+            return False
+        return sum(path.stat().st_size for path in folder.iterdir() if path.is_file()) <= self.quick_compiler_bytes
 
 
 def spark_submit_command(settings: Settings, layer: str, arguments: list[str], name: str,
-                         conf: dict[str, str] | None = None) -> list[str]:
+                         conf: dict[str, str] | None = None, quick: bool = False) -> list[str]:
     """The spark-submit command line of a layer job on local Spark, as the DAG's LayerJobOperator submits it
     (the Spark provider builds that one from the same settings: the Delta jars, or the package where they
     are not kept, every Spark setting but the driver's heap as --conf, the heap as --driver-memory). The
-    benchmark runs jobs with it."""
-    options = {key: value for key, value in settings.spark_conf().items() if key != "spark.driver.memory"}
+    benchmark runs jobs with it, `quick` as `Settings.quick_compiler` says."""
+    options = {key: value for key, value in settings.spark_conf(quick).items() if key != "spark.driver.memory"}
     options.update(conf or {})
     command = ["spark-submit", "--master", settings.spark_master]
     for key, value in options.items():

@@ -24,7 +24,7 @@ from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOpe
 from airflow.sdk import Asset, BaseOperatorLink
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from include.config import LAYERS, PROJECT_ROOT, Settings, delta_jars, delta_package, get_settings
+from include.config import LAYERS, PROJECT_ROOT, QUICK_COMPILER, Settings, delta_jars, delta_package, get_settings
 from include.sources import PUBLISHED_TABLES, validation_run_name
 
 # A job that refuses its input (a failed gate, a delivery it cannot read) exits with this status.
@@ -146,6 +146,7 @@ class LayerJobOperator(SparkSubmitOperator):
         self.layer = layer
         self.source = source
         self.runtime = settings.runtime
+        self.lakehouse_settings = settings
         self.code_directory = str(settings.airflow_home / "code")
         self.gate_run = validation_run_name("{{ ds }}", layer, source)
 
@@ -156,6 +157,13 @@ class LayerJobOperator(SparkSubmitOperator):
 
             self.py_files = str(build(Path(self.code_directory)))
             self.log.info("shipping the project's code to the executors: %s", self.py_files)
+        settings, ingestion_date = self.lakehouse_settings, context.get("ds")
+        if ingestion_date and settings.quick_compiler(self.source, ingestion_date, self.application_args):
+            self.conf = {**self.conf, "spark.driver.extraJavaOptions": " ".join(settings.driver_java_options(True))}
+            if self.runtime == "spark":  # executors are short-lived JVMs too
+                self.conf["spark.executor.extraJavaOptions"] = " ".join(settings.jvm_options(quick=True))
+            self.log.info("a small delivery (at most LAKEHOUSE_QUICK_COMPILER_MB): the job's JVMs compile with "
+                          "the quick compiler only (%s)", QUICK_COMPILER)
         try:
             super().execute(context)
         except AirflowException as error:

@@ -141,3 +141,34 @@ def test_drivers_start_with_the_class_archive_and_the_jars_make_setup_keeps(tmp_
     command = config.spark_submit_command(Settings.from_env({}), "bronze", ["--source", "orders"], "bronze-x")
     assert command[command.index("--jars") + 1] == f"{jars / 'a.jar'},{jars / 'b.jar'}"
     assert "--packages" not in command
+
+
+def test_jobs_of_small_deliveries_compile_with_the_quick_compiler_only(tmp_path):
+    """A delivery up to LAKEHOUSE_QUICK_COMPILER_MB on disk: its jobs' JVMs get -XX:TieredStopAtLevel=1 (with
+    the code cache of both compilers); a larger one, a full refresh of the marts, Databricks, or java options
+    that choose the compilers themselves keep the JVM's default."""
+    env = {"LAKEHOUSE_LANDING": str(tmp_path), "LAKEHOUSE_QUICK_COMPILER_MB": "1"}
+    settings = Settings.from_env(env)
+    assert settings.quick_compiler_bytes == 1024 * 1024
+    assert Settings.from_env({}).quick_compiler_bytes == 16 * 1024 * 1024
+    assert not settings.quick_compiler("events", "2019-10-01"), "no delivery, nothing to size"
+    folder = tmp_path / "events" / "2019-10-01"
+    folder.mkdir(parents=True)
+    (folder / "events-2019-10-01.csv").write_bytes(b"x" * 700_000)
+    (folder / "events-2019-10-01-late.csv").write_bytes(b"x" * 300_000)
+    assert settings.quick_compiler("events", "2019-10-01", ["--source", "events", "--refresh", "incremental"])
+    assert not settings.quick_compiler("events", "2019-10-01", ["--source", "events", "--refresh", "full"])
+    assert settings.spark_conf(quick=True)["spark.driver.extraJavaOptions"].endswith(
+        " -XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=240m")
+    assert "TieredStopAtLevel" not in settings.spark_conf()["spark.driver.extraJavaOptions"]
+    (folder / "events-2019-10-01-more.csv").write_bytes(b"x" * 100_000)
+    assert not settings.quick_compiler("events", "2019-10-01"), "1.1 MB is more than 1 MB"
+    (folder / "events-2019-10-01-more.csv").unlink()
+    for other in ({"LAKEHOUSE_QUICK_COMPILER_MB": "0"}, {"LAKEHOUSE_RUNTIME": "databricks"},
+                  {"LAKEHOUSE_SPARK_JAVA_OPTIONS": "-XX:TieredStopAtLevel=4"}):
+        assert not Settings.from_env({**env, **other}).quick_compiler("events", "2019-10-01"), other
+    own = Settings.from_env({**env, "LAKEHOUSE_SPARK_JAVA_OPTIONS": "-Xss4m"})
+    assert own.jvm_options(quick=True) == ["-Xss4m", "-XX:TieredStopAtLevel=1", "-XX:ReservedCodeCacheSize=240m"]
+    for bad in ("-1", "sixteen", "nan", "inf"):
+        with pytest.raises(ValueError, match="LAKEHOUSE_QUICK_COMPILER_MB"):
+            Settings.from_env({"LAKEHOUSE_QUICK_COMPILER_MB": bad})

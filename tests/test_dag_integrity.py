@@ -122,6 +122,33 @@ def test_refused_data_fails_without_retry_and_other_failures_are_retried(monkeyp
         assert type(raised.value) is expected, status
 
 
+def test_a_small_delivery_s_task_submits_its_job_with_the_quick_compiler(tmp_path, monkeypatch):
+    """The task sizes the date's delivery when it runs: up to LAKEHOUSE_QUICK_COMPILER_MB, spark-submit starts
+    the driver with the quick compiler only, as the benchmark's command for the same delivery does."""
+    from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+
+    from include.config import Settings, spark_submit_command
+    from include.orchestration import LayerJobOperator
+
+    settings = Settings.from_env({"LAKEHOUSE_LANDING": str(tmp_path), "LAKEHOUSE_QUICK_COMPILER_MB": "1"})
+    submitted = []
+    monkeypatch.setattr(SparkSubmitOperator, "execute", lambda self, context: submitted.append(dict(self.conf)))
+    folder = tmp_path / "events" / "2019-10-01"
+    folder.mkdir(parents=True)
+    delivery = folder / "events-2019-10-01.csv"
+    arguments = ["--source", "events", "--ingestion-date", "2019-10-01", "--run-id", "manual__1"]
+    for size, quick in ((1_000, True), (2_000_000, False)):
+        delivery.write_bytes(b"x" * size)
+        task = LayerJobOperator(layer="silver", source="events", settings=settings)
+        task.application_args = arguments
+        task.execute({"ds": "2019-10-01"})
+        options = submitted[-1]["spark.driver.extraJavaOptions"]
+        assert ("-XX:TieredStopAtLevel=1" in options) is quick, size
+        assert settings.quick_compiler("events", "2019-10-01", arguments) is quick
+        benchmarked = spark_submit_command(settings, "silver", arguments, "silver-events-2019-10-01", quick=quick)
+        assert f"spark.driver.extraJavaOptions={options}" in benchmarked
+
+
 def test_the_benchmark_submits_the_command_the_dag_task_submits(monkeypatch):
     """The benchmark times layer jobs with `spark_submit_command`; the DAG's task has the Spark provider
     build its command. Both must be the same spark-submit, or the benchmark measures something else."""

@@ -90,6 +90,7 @@ class JobFigures:
     bytes_written: int
     delivered_lines: int = 0
     result: object = None
+    quick_compiler: bool = False  # the JVM compiled with the quick compiler only (a small delivery)
 
     @property
     def shutdown_seconds(self) -> float:
@@ -151,7 +152,8 @@ def run_job(settings: Settings, env: dict[str, str], layer: str, source: str, da
     name = f"{layer}-{source}-{day}"
     arguments = ["--source", source, "--ingestion-date", day.isoformat(), "--run-id", f"bench__{name}{label}",
                  *(options or [])]
-    command = spark_submit_command(settings, layer, arguments, name)
+    quick = settings.quick_compiler(source, day, arguments)
+    command = spark_submit_command(settings, layer, arguments, name, quick=quick)
     before = _files_under(settings.warehouse / layer)
     log_path = log_dir / f"{name}{label}.log"
     started = time.time()
@@ -175,7 +177,7 @@ def run_job(settings: Settings, env: dict[str, str], layer: str, source: str, da
                   else result["validation_seconds"])
     return JobFigures(layer, source, day.isoformat(), wall, report["session_ready_at"] - started,
                       report["finished_at"] - report["session_ready_at"], validation, memory.own, memory.tree,
-                      len(new), sum(new.values()), result=result)
+                      len(new), sum(new.values()), result=result, quick_compiler=quick)
 
 
 # --- the phases ------------------------------------------------------------------------------------
