@@ -116,22 +116,50 @@ def load_suite(name: str):
 
 @functools.cache
 def _sampled_rows_expectation():
-    """GX's SQL check (`UnexpectedRowsExpectation`), but keeping a sample of the rows it found on failure and
-    showing them in Data Docs: GX keeps only their count below result format COMPLETE and renders only it.
+    """GX's SQL check (`UnexpectedRowsExpectation`), keeping a sample of the rows it found on failure and
+    showing them in Data Docs (GX keeps only their count below result format COMPLETE and renders only it),
+    and running its query once where GX runs it twice: GX counts the rows by one query and fetches up to
+    200 of them by another, for every check, passed or not. Here one query fetches up to SAMPLE_ROWS rows;
+    fewer than that is the count, and only a check that found that many counts them again. A gate of a
+    small day is mostly such queries (an orders silver job runs twelve checks).
     Defined on first use (importing GX takes seconds; a job with its gates off never pays it)."""
+    from great_expectations.core.metric_domain_types import MetricDomainTypes
+    from great_expectations.execution_engine import SparkDFExecutionEngine
     from great_expectations.expectations.core.unexpected_rows_expectation import UnexpectedRowsExpectation
+    from great_expectations.expectations.metrics.metric_provider import metric_value
+    from great_expectations.expectations.metrics.query_metric_provider import QueryMetricProvider
     from great_expectations.render import LegacyDiagnosticRendererType
     from great_expectations.render.renderer.renderer import renderer
 
+    class UnexpectedRowsSample(QueryMetricProvider):
+        """The rows a SQL check's query finds over the batch: how many, and the first SAMPLE_ROWS."""
+
+        metric_name = "lakehouse_unexpected_rows.sample"
+        value_keys = ("unexpected_rows_query",)
+        query_param_name = "unexpected_rows_query"
+
+        @metric_value(engine=SparkDFExecutionEngine)
+        def _spark(cls, execution_engine, metric_domain_kwargs, metric_value_kwargs, metrics,
+                   runtime_configuration) -> dict:
+            batch, _, _ = execution_engine.get_compute_domain(metric_domain_kwargs, domain_type=MetricDomainTypes.TABLE)
+            batch.createOrReplaceTempView("tmp_view")
+            query = cls._format_query(cls._get_query_from_metric_value_kwargs(metric_value_kwargs), batch="tmp_view")
+            found = execution_engine.spark.sql(query)
+            rows = found.limit(SAMPLE_ROWS).collect()
+            return {"count": len(rows) if len(rows) < SAMPLE_ROWS else found.count(),
+                    "rows": [{name: value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
+                              for name, value in row.asDict().items()} for row in rows]}
+
     class UnexpectedRowsWithSample(UnexpectedRowsExpectation):
+        metric_dependencies = (UnexpectedRowsSample.metric_name,)
+
         def _validate(self, metrics: dict, runtime_configuration: dict | None = None, execution_engine=None):
-            result = super()._validate(metrics, runtime_configuration, execution_engine)
-            if not result.get("success") and isinstance(result.get("result"), dict):
-                rows = metrics["unexpected_rows_query.table"][:SAMPLE_ROWS]
-                result["result"]["details"] = {"unexpected_rows": [
-                    {name: value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
-                     for name, value in row.items()} for row in rows]}
-            return result
+            found = metrics[UnexpectedRowsSample.metric_name]
+            success = found["count"] == 0
+            result = {"observed_value": found["count"]}
+            if not success:
+                result["details"] = {"unexpected_rows": found["rows"]}
+            return {"success": success, "result": result}
 
         @classmethod
         @renderer(renderer_type=LegacyDiagnosticRendererType.OBSERVED_VALUE)

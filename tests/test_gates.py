@@ -168,3 +168,23 @@ def test_an_empty_delivery_passes_the_gates_and_publishes_an_empty_date(spark, l
     result = run_silver(spark, lakehouse, ORDERS, date(2010, 12, 1), "empty")
     assert (result.silver_rows, result.quarantined_rows) == (0, 0)
     assert _version(spark, lakehouse.table_path("silver", "orders")) == 0
+
+
+def test_a_sql_check_counts_every_row_it_finds_and_keeps_a_sample(spark):
+    """The SQL checks fetch up to SAMPLE_ROWS rows by one query and count only when they found that many:
+    the count is exact either way, and a failed check keeps the first rows for Data Docs and the log."""
+    import great_expectations as gx
+
+    from expectations.gate import SAMPLE_ROWS, _sampled_rows_expectation
+
+    context = gx.get_context(mode="ephemeral")
+    batch = (context.data_sources.add_spark("numbers").add_dataframe_asset("numbers")
+             .add_batch_definition_whole_dataframe("all").get_batch(batch_parameters={"dataframe": spark.range(100)}))
+    for found in (0, 1, SAMPLE_ROWS - 1, SAMPLE_ROWS, SAMPLE_ROWS + 1, 45):
+        check = _sampled_rows_expectation()(unexpected_rows_query=f"SELECT id FROM {{batch}} WHERE id < {found}",
+                                            description=f"ids below {found}")
+        result = batch.validate(check, result_format="SUMMARY")
+        assert result.success is (found == 0), found
+        assert result.result["observed_value"] == found, found
+        sample = (result.result.get("details") or {}).get("unexpected_rows", [])
+        assert sample == [{"id": value} for value in range(min(found, SAMPLE_ROWS))], found
