@@ -242,6 +242,8 @@ class Settings:
         a few times; a large day, or a full refresh of the marts from all of silver, runs long enough for
         the optimising compiler to pay. Not on Databricks (the cluster's JVMs are the cluster's), nor when
         LAKEHOUSE_SPARK_JAVA_OPTIONS chooses the compilers itself."""
+        from include.landing import list_delivery
+
         if self.runtime == "databricks" or not self.quick_compiler_bytes or "TieredStopAtLevel" in self.java_options:
             return False
         arguments = list(arguments)
@@ -250,7 +252,21 @@ class Settings:
         folder = self.landing_dir(source, ingestion_date)
         if not folder.is_dir():
             return False
-        return sum(path.stat().st_size for path in folder.iterdir() if path.is_file()) <= self.quick_compiler_bytes
+        files, _ = list_delivery(folder)  # what bronze reads; other entries are ignored there too
+        return sum(path.stat().st_size for path in files) <= self.quick_compiler_bytes
+
+    def submit_conf(self, quick: bool = False) -> dict[str, str]:
+        """The --conf settings of a layer job's spark-submit: every Spark setting but the driver's heap (a
+        spark-submit option of its own), and on a Spark cluster the executors' heap, cores and JVM options
+        (executors are short-lived JVMs too). `quick`: as `quick_compiler` says for the job."""
+        conf = {key: value for key, value in self.spark_conf(quick).items() if key != "spark.driver.memory"}
+        if self.runtime == "spark":
+            conf["spark.executor.memory"] = self.executor_memory
+            if self.cores_max:
+                conf["spark.cores.max"] = str(self.cores_max)
+            if self.jvm_options(quick):
+                conf["spark.executor.extraJavaOptions"] = " ".join(self.jvm_options(quick))
+        return conf
 
 
 def spark_submit_command(settings: Settings, layer: str, arguments: list[str], name: str,
@@ -259,8 +275,7 @@ def spark_submit_command(settings: Settings, layer: str, arguments: list[str], n
     (the Spark provider builds that one from the same settings: the Delta jars, or the package where they
     are not kept, every Spark setting but the driver's heap as --conf, the heap as --driver-memory). The
     benchmark runs jobs with it, `quick` as `Settings.quick_compiler` says."""
-    options = {key: value for key, value in settings.spark_conf(quick).items() if key != "spark.driver.memory"}
-    options.update(conf or {})
+    options = {**settings.submit_conf(quick), **(conf or {})}
     command = ["spark-submit", "--master", settings.spark_master]
     for key, value in options.items():
         command += ["--conf", f"{key}={value}"]

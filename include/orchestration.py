@@ -119,14 +119,6 @@ class LayerJobOperator(SparkSubmitOperator):
     def __init__(self, *, layer: str, source: str, settings: Settings | None = None,
                  options: list[str] | None = None, **kwargs) -> None:
         settings = settings or get_settings()
-        # The driver's heap is a spark-submit option; the rest of the Spark settings travel as --conf.
-        conf = {key: value for key, value in settings.spark_conf().items() if key != "spark.driver.memory"}
-        if settings.runtime == "spark":
-            conf["spark.executor.memory"] = settings.executor_memory
-            if settings.cores_max:
-                conf["spark.cores.max"] = str(settings.cores_max)
-            if settings.java_options:  # executors are short-lived JVMs too
-                conf["spark.executor.extraJavaOptions"] = " ".join(settings.jvm_options())
         # The Delta jars `make setup` keeps in the venv: no Ivy resolution at each start (else the package).
         jars = delta_jars()
         super().__init__(
@@ -137,7 +129,7 @@ class LayerJobOperator(SparkSubmitOperator):
             name=f"{layer}-{source}-{{{{ ds }}}}",
             packages=None if jars else delta_package(),
             jars=",".join(jars) if jars else None,
-            conf=conf,
+            conf=settings.submit_conf(),
             driver_memory=settings.driver_memory,
             pool=pool_name(layer),
             outlets=[table_asset(settings, layer, table) for table in PUBLISHED_TABLES[(layer, source)]],
@@ -159,9 +151,7 @@ class LayerJobOperator(SparkSubmitOperator):
             self.log.info("shipping the project's code to the executors: %s", self.py_files)
         settings, ingestion_date = self.lakehouse_settings, context.get("ds")
         if ingestion_date and settings.quick_compiler(self.source, ingestion_date, self.application_args):
-            self.conf = {**self.conf, "spark.driver.extraJavaOptions": " ".join(settings.driver_java_options(True))}
-            if self.runtime == "spark":  # executors are short-lived JVMs too
-                self.conf["spark.executor.extraJavaOptions"] = " ".join(settings.jvm_options(quick=True))
+            self.conf = {**self.conf, **settings.submit_conf(quick=True)}
             self.log.info("a small delivery (at most LAKEHOUSE_QUICK_COMPILER_MB): the job's JVMs compile with "
                           "the quick compiler only (%s)", QUICK_COMPILER)
         try:

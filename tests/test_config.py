@@ -156,6 +156,7 @@ def test_jobs_of_small_deliveries_compile_with_the_quick_compiler_only(tmp_path)
     folder.mkdir(parents=True)
     (folder / "events-2019-10-01.csv").write_bytes(b"x" * 700_000)
     (folder / "events-2019-10-01-late.csv").write_bytes(b"x" * 300_000)
+    (folder / "notes.txt").write_bytes(b"x" * 5_000_000)  # not a delivery file: bronze ignores it, so does this
     assert settings.quick_compiler("events", "2019-10-01", ["--source", "events", "--refresh", "incremental"])
     assert not settings.quick_compiler("events", "2019-10-01", ["--source", "events", "--refresh", "full"])
     assert settings.spark_conf(quick=True)["spark.driver.extraJavaOptions"].endswith(
