@@ -38,6 +38,15 @@ BATCH_DEFINITION = "output of the run"
 SITE_NAME = "lakehouse"
 # Unexpected values and rows shown per failed expectation, in Data Docs and in the task log.
 SAMPLE_ROWS = 20
+# What a suite's results keep. GX fetches a sample of unexpected values for every column expectation, a
+# query each even where it found none (a tenth of a small day's three jobs), so a suite's checkpoint runs
+# without samples (FIRST_PASS_FORMAT: a query with limit 0, which Spark answers without running it), and
+# only when some expectation found unexpected values does its validation definition run again with them.
+# Neither keeps the Python snippet GX writes to fetch those rows from a dataframe
+# (`unexpected_index_query`), which means nothing to a reader of Data Docs: the frame is gone after the job.
+RESULT_FORMAT = {"result_format": "SUMMARY", "partial_unexpected_count": SAMPLE_ROWS,
+                 "return_unexpected_index_query": False}
+FIRST_PASS_FORMAT = {**RESULT_FORMAT, "partial_unexpected_count": 0}
 
 log = logging.getLogger("lakehouse.gate")
 
@@ -243,7 +252,7 @@ def _checkpoint(context, layer: str, table: str):
         name=name,
         validation_definitions=[validation],
         actions=[],
-        result_format={"result_format": "SUMMARY", "partial_unexpected_count": SAMPLE_ROWS},
+        result_format=FIRST_PASS_FORMAT,
     ))
 
 
@@ -271,10 +280,7 @@ def audit(spark, settings, layer: str, source: str, ingestion_date: date, checks
         started = time.monotonic()
         for view, frame in check.views.items():
             frame.createOrReplaceTempView(view)
-        result = checkpoint.run(batch_parameters={"dataframe": check.frame},
-                                expectation_parameters=dict(check.parameters),
-                                run_id=RunIdentifier(run_name=run_name, run_time=run_time))
-        ((key, validation),) = result.run_results.items()
+        key, validation = _run(checkpoint, check, RunIdentifier(run_name=run_name, run_time=run_time))
         failed = [_describe(item) for item in validation.results if not item.success]
         results.append((check, key, validation, failed, time.monotonic() - started))
     with _locked(settings.gx_root):  # the site's index is rewritten: one writer at a time
@@ -302,6 +308,24 @@ def audit(spark, settings, layer: str, source: str, ingestion_date: date, checks
             lines.extend(f"    {text}" for text in outcome.failed)
         raise GateFailed("\n".join(lines))
     return outcomes
+
+
+def _run(checkpoint, check: Check, run_id):
+    """Run a suite's checkpoint on the check's frame: (the stored result's key, the result). Where an
+    expectation found unexpected values, the suite's validation definition runs again with samples of
+    them (RESULT_FORMAT), its result stored under the same key in place of the checkpoint's."""
+    parameters = {"batch_parameters": {"dataframe": check.frame}, "expectation_parameters": dict(check.parameters),
+                  "run_id": run_id}
+    ((key, validation),) = checkpoint.run(**parameters).run_results.items()
+    if all(item.success and not (item.result or {}).get("unexpected_count") for item in validation.results):
+        return key, validation
+    (definition,) = checkpoint.validation_definitions
+    validation = definition.run(checkpoint_id=checkpoint.id, result_format=RESULT_FORMAT, **parameters)
+    again = checkpoint._build_result_key(validation_definition=definition, run_id=run_id,
+                                         batch_identifier=validation.batch_id)
+    if again != key:
+        raise RuntimeError(f"{check.table}: the run with samples stored its result as {again}, not as {key}")
+    return key, validation
 
 
 def _file_path(url: str) -> str:

@@ -188,3 +188,37 @@ def test_a_sql_check_counts_every_row_it_finds_and_keeps_a_sample(spark):
         assert result.result["observed_value"] == found, found
         sample = (result.result.get("details") or {}).get("unexpected_rows", [])
         assert sample == [{"id": value} for value in range(min(found, SAMPLE_ROWS))], found
+
+
+def test_column_expectations_keep_a_sample_of_unexpected_values_only_where_they_found_some(spark, lakehouse):
+    """A suite runs without samples first and again with them when an expectation found unexpected values:
+    either way the project holds one result per suite and run, and a failure's result, log line and Data
+    Docs page show the values."""
+    import json
+
+    from expectations.gate import SAMPLE_ROWS, Check, audit
+
+    columns = "stock_code string, version int, valid_from date, valid_to date, is_current boolean"
+    good = spark.createDataFrame([("A1", 1, date(2010, 12, 1), None, True), ("B2", 1, date(2010, 12, 1), None, True)],
+                                 columns).cache()
+    (passed,) = audit(spark, lakehouse, "silver", "orders", DAY, [Check("dim_product", good)])
+    assert passed.success
+    bad = spark.createDataFrame([(f"C{n}", 0, date(2010, 12, 1), None, True) for n in range(30)]
+                                + [("A1", 1, date(2010, 12, 1), None, True)], columns).cache()
+    with pytest.raises(GateFailed) as failure:
+        audit(spark, lakehouse, "silver", "orders", NEXT_DAY, [Check("dim_product", bad)])
+    assert re.search(r"expect_column_values_to_be_between .*30 unexpected .*e\.g\. \[0, 0, 0, 0, 0\]", str(failure.value))
+
+    stored = sorted((lakehouse.gx_root / "gx" / "uncommitted" / "validations").glob("silver/dim_product/**/*.json"))
+    assert len(stored) == 2, "one stored result per suite and run"
+    results = [json.loads(path.read_text()) for path in stored]
+    (failed,) = [result for result in results if not result["success"]]
+    between = next(item for item in failed["results"]
+                   if item["expectation_config"]["type"] == "expect_column_values_to_be_between")
+    assert between["result"]["unexpected_count"] == 30
+    assert between["result"]["partial_unexpected_list"] == [0] * SAMPLE_ROWS
+    for result in results:
+        for item in result["results"]:
+            assert "unexpected_index_query" not in item["result"], item["expectation_config"]["type"]
+    page = _page(str(failure.value)).read_text()
+    assert "30 unexpected values" in page or "30 unexpected" in page
