@@ -222,3 +222,24 @@ def test_column_expectations_keep_a_sample_of_unexpected_values_only_where_they_
             assert "unexpected_index_query" not in item["result"], item["expectation_config"]["type"]
     page = _page(str(failure.value)).read_text()
     assert "30 unexpected values" in page or "30 unexpected" in page
+
+
+def test_the_sql_checks_run_ahead_of_gx_side_by_side_and_once(spark, lakehouse, monkeypatch):
+    import threading
+
+    import expectations.gate as gate
+
+    calls = []
+    real = gate._sampled_rows
+    def counted(session, query):
+        calls.append(threading.current_thread().name)
+        return real(session, query)
+
+    monkeypatch.setattr(gate, "_sampled_rows", counted)
+    columns = "stock_code string, version int, valid_from date, valid_to date, is_current boolean"
+    rows = spark.createDataFrame([("A1", 1, date(2010, 12, 1), None, True), ("A1", 2, date(2010, 12, 2), None, True)],
+                                 columns).cache()
+    with pytest.raises(GateFailed, match=r"exactly one current row per stock_code: observed 1; e.g. .*current_rows.: 2"):
+        gate.audit(spark, lakehouse, "silver", "orders", DAY, [gate.Check("dim_product", rows)])
+    assert len(calls) == 3, "each of the suite's three SQL checks ran once, the second pass reusing them"
+    assert all(name.startswith("gate-sql") for name in calls), calls
