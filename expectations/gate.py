@@ -139,7 +139,10 @@ def _sampled_rows_expectation():
     from great_expectations.execution_engine import SparkDFExecutionEngine
     from great_expectations.expectations.core.unexpected_rows_expectation import UnexpectedRowsExpectation
     from great_expectations.expectations.metrics.metric_provider import metric_value
-    from great_expectations.expectations.metrics.query_metric_provider import QueryMetricProvider
+    from great_expectations.expectations.metrics.query_metric_provider import (
+        QueryMetricProvider,
+        UnsubstitutableQueryBraceError,
+    )
     from great_expectations.render import LegacyDiagnosticRendererType
     from great_expectations.render.renderer.renderer import renderer
 
@@ -214,7 +217,10 @@ def _run_ahead(spark, checks: list[Check], suites: list, pool: ThreadPoolExecuto
     small day's gate is mostly these queries, each a few Spark jobs whose planning and scheduling keep
     one core of the driver busy, so they run side by side and beside GX's own metrics on the other.
     Nothing runs ahead when two checks give one view name different frames (the views are shared)."""
-    from great_expectations.expectations.metrics.query_metric_provider import QueryMetricProvider
+    from great_expectations.expectations.metrics.query_metric_provider import (
+        QueryMetricProvider,
+        UnsubstitutableQueryBraceError,
+    )
 
     views: dict[str, Any] = {}
     for check in checks:
@@ -233,7 +239,7 @@ def _run_ahead(spark, checks: list[Check], suites: list, pool: ThreadPoolExecuto
         for query in queries:
             try:
                 text = QueryMetricProvider._format_query(query, batch=batch)
-            except Exception:  # left to GX, which reports it as the check's error
+            except UnsubstitutableQueryBraceError:  # left to GX, which reports it as the check's error
                 continue
             ahead[-1][query] = pool.submit(_sampled_rows, spark, text)
     return ahead
@@ -383,10 +389,15 @@ def _run(checkpoint, check: Check, run_id):
     ((key, validation),) = checkpoint.run(**parameters).run_results.items()
     if all(item.success and not (item.result or {}).get("unexpected_count") for item in validation.results):
         return key, validation
+    from great_expectations.data_context.types.resource_identifiers import (
+        ExpectationSuiteIdentifier,
+        ValidationResultIdentifier,
+    )
+
     (definition,) = checkpoint.validation_definitions
     validation = definition.run(checkpoint_id=checkpoint.id, result_format=RESULT_FORMAT, **parameters)
-    again = checkpoint._build_result_key(validation_definition=definition, run_id=run_id,
-                                         batch_identifier=validation.batch_id)
+    again = ValidationResultIdentifier(expectation_suite_identifier=ExpectationSuiteIdentifier(name=definition.suite.name),
+                                       run_id=run_id, batch_identifier=validation.batch_id)
     if again != key:
         raise RuntimeError(f"{check.table}: the run with samples stored its result as {again}, not as {key}")
     return key, validation
