@@ -13,10 +13,10 @@ event dates those changed rows belong to, from silver, then the touched keys fro
 with columns over the whole mart (RFM scores, revenue shares, recency) recompute those over the
 already aggregated mart after the merge. A run whose changes touch a quarter or more of a mart's keys
 (`REBUILD_SHARE`: a large day over a short history) rebuilds that mart from its inputs instead, which
-is cheaper then and gives the same table; its refresh is recorded as `rebuilt`. So a rerun, a backfill of an older date or a date processed
-twice gives the table a full rebuild gives. `--refresh full` rebuilds the marts from all of silver;
-it is also what happens the first time, and when the change feed no longer covers the versions a mart
-has not seen.
+is cheaper then and gives the same table; its refresh is recorded as `rebuilt`. So a rerun, a backfill
+of an older date or a date processed twice gives the table a full rebuild gives. `--refresh full`
+rebuilds the marts from all of silver; it is also what happens the first time, and when the change feed
+no longer covers the versions a mart has not seen.
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ def run_gold(spark, settings: Settings, source: Source, ingestion_date: date, ru
                 _overwrite(mart.rollup.compute(silver), settings.table_location("gold", mart.rollup.table),
                            [mart.rollup.date_column])
                 inputs = store.read(spark, settings.table_location("gold", mart.rollup.table))
-            staged.append((mart, mart.build_from(inputs), lambda frame, path=path: _overwrite(frame, path)))
+            staged.append(_whole(mart, inputs, path))
         elif plans[mart.table] == "incremental":
             touched = _touched_keys(changes, mart, seen[mart.table]).cache()
             cached.append(touched)
@@ -139,7 +139,7 @@ def run_gold(spark, settings: Settings, source: Source, ingestion_date: date, ru
                     inputs = _refresh_rollup(spark, settings, mart.rollup, silver, changes, seen[mart.table])
                 if _rebuilds(spark, path, counts[mart.table]):
                     plans[mart.table] = "rebuilt"
-                    staged.append((mart, mart.build_from(inputs), lambda frame, path=path: _overwrite(frame, path)))
+                    staged.append(_whole(mart, inputs, path))
                 else:
                     staged.append((mart, *_stage_keys(spark, path, mart, inputs, touched, counts[mart.table])))
         if settings.gates and staged and staged[-1][0] is mart:
@@ -168,10 +168,9 @@ def run_gold(spark, settings: Settings, source: Source, ingestion_date: date, ru
         keys = counts.get(mart.table) if plans[mart.table] in ("incremental", "rebuilt") else None
         results.append(MartResult(mart.table, plans[mart.table], version, keys, seconds[mart.table],
                                   validation.get(mart.table, 0.0)))
+        done = "touched" if plans[mart.table] == "rebuilt" else "recomputed"
         log.info("gold %s %s: %s refresh to silver version %s%s in %.1f s", source.name, mart.table,
-                 plans[mart.table], version,
-                 "" if keys is None else f", {keys:,} keys {'touched' if plans[mart.table] == 'rebuilt' else 'recomputed'}",
-                 results[-1].seconds)
+                 plans[mart.table], version, "" if keys is None else f", {keys:,} keys {done}", results[-1].seconds)
     # Dependents first: uncaching a frame that cached frames are built on makes Spark plan those again.
     for frame in reversed(cached):
         frame.unpersist()
@@ -179,6 +178,12 @@ def run_gold(spark, settings: Settings, source: Source, ingestion_date: date, ru
         changes.unpersist()
     _record_progress(spark, settings, source, ingestion_date, run_id, results)
     return results
+
+
+def _whole(mart, inputs, path: str):
+    """The whole mart built from all of its inputs (silver, or the whole rollup), and its writer: a full
+    refresh's staging, and a rebuild's."""
+    return mart, mart.build_from(inputs), lambda frame: _overwrite(frame, path)
 
 
 def _rebuilds(spark, path: str, touched: int) -> bool:
