@@ -209,10 +209,6 @@ class Settings:
             # rules on the events columns make one such stage (2M-event day: 19 s, 6-8 s below this
             # limit, where Spark generates code per operator instead); Spark's docs suggest 8000 on HotSpot.
             "spark.sql.codegen.hugeMethodLimit": "8000",
-            # The jobs cache a date's rows for their gate and writes; compressing the cache sifts every
-            # value through boxed run-length and dictionary statistics (a tenth of a 2M-event silver job's
-            # CPU), for rows read two or three times and dropped when the job ends.
-            "spark.sql.inMemoryColumnarStorage.compressed": "false",
             # Delta rebuilds table state with 50 tasks by default: pure overhead for small tables.
             "spark.databricks.delta.snapshotPartitions": str(self.shuffle_partitions),
             "spark.ui.enabled": str(self.spark_ui).lower(),

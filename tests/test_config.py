@@ -36,7 +36,6 @@ def test_environment_overrides_paths_and_spark(tmp_path):
     assert conf["spark.ui.enabled"] == "false"
     assert conf["spark.sql.session.timeZone"] == "UTC"
     assert conf["spark.sql.codegen.hugeMethodLimit"] == "8000"
-    assert conf["spark.sql.inMemoryColumnarStorage.compressed"] == "false"
     assert conf["spark.driver.extraJavaOptions"].startswith("-Dlog4j.configurationFile=file:")
     # The class archive of `make setup`, when there is one, stands between the two.
     assert conf["spark.driver.extraJavaOptions"].endswith(" -XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=240m")
