@@ -132,8 +132,8 @@ test: setup browser
 test-slow: setup browser
 	python -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=12 -m slow
 
-# The benchmark (include/tools/bench.py): an estimated 2 hours on 2 cores with the defaults (95 minutes
-# with growth at 100,000 events a day); BENCH_ARGS="--help" lists its options, e.g.
+# The benchmark (include/tools/bench.py): about an hour on 2 cores with the defaults; BENCH_ARGS="--help"
+# lists its options, e.g.
 # BENCH_ARGS="--events-per-day 200000 --skip growth".
 BENCH_ARGS ?=
 bench: setup

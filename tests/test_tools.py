@@ -234,3 +234,23 @@ def test_the_benchmark_prints_a_run_beside_an_earlier_one():
     assert "| events end to end, wall s | 200.0 | 160.0 | 0.80 |" in lines
     assert "| growth day 11, wall s | 110.0 | 99.0 | 0.90 |" in lines
     assert not any("day 31" in line or "tiny run" in line for line in lines), "only the figures both runs have"
+
+
+def test_the_benchmark_splits_the_events_end_to_end_time_into_fixed_cost_and_work_on_the_rows():
+    from include.tools.bench import JobFigures, _fixed_share
+
+    # wall, start-up, work: shut-down is what remains (2 s a job).
+    jobs = [vars(JobFigures(layer, "events", "2019-10-01", wall, 5.0, wall - 7.0, 1.0, 2**30, 2**31, 3, 2**20,
+                            2_000_000)) for layer, wall in (("bronze", 40.0), ("silver", 90.0), ("gold", 30.0))]
+    figures = {"layers": {"events": jobs},
+               "reference": {"timings": [{"source": "events", "layer": "bronze", "seconds": 6.0},
+                                         {"source": "events", "layer": "silver", "seconds": 10.0},
+                                         {"source": "orders", "layer": "silver", "seconds": 99.0}]},
+               "fixed": {"work_seconds": 36.0, "layer_jobs": 3, "events": 1_000}}
+    lines = _fixed_share(figures)
+    assert "| start-up and shut-down of the 3 jobs | 21.0 | 1.3 |" in lines
+    assert "| their work on a 1,000-event day (the tiny run's work per job, 3 times) | 36.0 | 2.2 |" in lines
+    assert "| **fixed cost, whatever the rows** | 57.0 | 3.6 |" in lines
+    assert "| work that grows with the rows (the rest) | 103.0 | 6.4 |" in lines
+    assert "| **end to end** | 160.0 | 10.0 |" in lines
+    assert _fixed_share({**figures, "fixed": None}) == [], "nothing to split without the tiny run"
