@@ -396,8 +396,9 @@ def _run(checkpoint, check: Check, run_id):
 
     (definition,) = checkpoint.validation_definitions
     validation = definition.run(checkpoint_id=checkpoint.id, result_format=RESULT_FORMAT, **parameters)
-    again = ValidationResultIdentifier(expectation_suite_identifier=ExpectationSuiteIdentifier(name=definition.suite.name),
-                                       run_id=run_id, batch_identifier=validation.batch_id)
+    suite = ExpectationSuiteIdentifier(name=definition.suite.name)
+    again = ValidationResultIdentifier(expectation_suite_identifier=suite, run_id=run_id,
+                                       batch_identifier=validation.batch_id)
     if again != key:
         raise RuntimeError(f"{check.table}: the run with samples stored its result as {again}, not as {key}")
     return key, validation

@@ -81,7 +81,8 @@ def run_pages(run_name: str) -> Response:
         status = _status(relative)
         rows.append(f"<tr><td>{html.escape(suite)}</td><td>{html.escape(page.parent.name)}</td>"
                     f"<td class='{status.lower()}'>{status}</td>"
-                    f"<td><a href='{html.escape(quote(f'{DATA_DOCS_PREFIX}/{relative.as_posix()}'))}'>open</a></td></tr>")
+                    f"<td><a href='{html.escape(quote(f'{DATA_DOCS_PREFIX}/{relative.as_posix()}'))}'>open</a>"
+                    "</td></tr>")
     body = ("<table><tr><th>suite</th><th>run time (UTC)</th><th>result</th><th></th></tr>"
             + "".join(rows) + f"</table><p><a href='{DATA_DOCS_PREFIX}/'>all validations</a></p>")
     return HTMLResponse(_page(f"Validations of {run_name}", body))

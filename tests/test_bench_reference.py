@@ -25,7 +25,8 @@ def both_engines(spark, tmp_path_factory):
     from tests.conftest import TEST_SPARK_ENV
 
     root = tmp_path_factory.mktemp("bench-reference")
-    settings = Settings.from_env({**TEST_SPARK_ENV, "LAKEHOUSE_GATES": "false", "LAKEHOUSE_LANDING": str(root / "landing"),
+    settings = Settings.from_env({**TEST_SPARK_ENV, "LAKEHOUSE_GATES": "false",
+                                  "LAKEHOUSE_LANDING": str(root / "landing"),
                                   "LAKEHOUSE_WAREHOUSE": str(root / "warehouse")})
     # Every kind of defect the generator makes, duplicates across the two days and late events included.
     generate_events.main(["--from", "2019-10-01", "--days", "2", "--events-per-day", "1500", "--defect-rate", "0.06",

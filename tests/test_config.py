@@ -104,7 +104,8 @@ def test_cluster_settings_and_job_settings_from_the_command_line(monkeypatch):
                                   "LAKEHOUSE_SPARK_CORES_MAX": "4"})
     assert (settings.spark_conn_id, settings.executor_memory, settings.cores_max) == ("spark_default", "3g", 4)
     args = job_arguments("a job", ["--source", "orders", "--ingestion-date", "2010-12-01",
-                                   "--setting", "LAKEHOUSE_CATALOG=main", "--setting", "LAKEHOUSE_LANDING=/Volumes/a=b"])
+                                   "--setting", "LAKEHOUSE_CATALOG=main",
+                                   "--setting", "LAKEHOUSE_LANDING=/Volumes/a=b"])
     assert args.setting == [("LAKEHOUSE_CATALOG", "main"), ("LAKEHOUSE_LANDING", "/Volumes/a=b")]
     for bad in ("PATH=/tmp", "LAKEHOUSE_CATALOG", "LAKEHOUSE_BAD-NAME=1"):
         with pytest.raises(SystemExit):

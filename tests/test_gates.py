@@ -207,7 +207,8 @@ def test_column_expectations_keep_a_sample_of_unexpected_values_only_where_they_
                                 + [("A1", 1, date(2010, 12, 1), None, True)], columns).cache()
     with pytest.raises(GateFailed) as failure:
         audit(spark, lakehouse, "silver", "orders", NEXT_DAY, [Check("dim_product", bad)])
-    assert re.search(r"expect_column_values_to_be_between .*30 unexpected .*e\.g\. \[0, 0, 0, 0, 0\]", str(failure.value))
+    assert re.search(r"expect_column_values_to_be_between .*30 unexpected .*e\.g\. \[0, 0, 0, 0, 0\]",
+                     str(failure.value))
 
     stored = sorted((lakehouse.gx_root / "gx" / "uncommitted" / "validations").glob("silver/dim_product/**/*.json"))
     assert len(stored) == 2, "one stored result per suite and run"
@@ -239,7 +240,8 @@ def test_the_sql_checks_run_ahead_of_gx_side_by_side_and_once(spark, lakehouse, 
     columns = "stock_code string, version int, valid_from date, valid_to date, is_current boolean"
     rows = spark.createDataFrame([("A1", 1, date(2010, 12, 1), None, True), ("A1", 2, date(2010, 12, 2), None, True)],
                                  columns).cache()
-    with pytest.raises(GateFailed, match=r"exactly one current row per stock_code: observed 1; e.g. .*current_rows.: 2"):
+    with pytest.raises(GateFailed,
+                       match=r"exactly one current row per stock_code: observed 1; e.g. .*current_rows.: 2"):
         gate.audit(spark, lakehouse, "silver", "orders", DAY, [gate.Check("dim_product", rows)])
     assert len(calls) == 3, "each of the suite's three SQL checks ran once, the second pass reusing them"
     assert all(name.startswith("gate-sql") for name in calls), calls

@@ -11,7 +11,8 @@ from include.landing import DeliveryError, HeaderMismatchError, inspect_file, li
 from include.sources import EVENTS, ORDERS
 from tests.helpers import ORDERS_HEADER, deliver
 
-GOOD = f"{ORDERS_HEADER}\n536365,85123A,WHITE HANGING HEART T-LIGHT HOLDER,6,2010-12-01 08:26:00,2.55,17850.0,United Kingdom\n"
+GOOD = (f"{ORDERS_HEADER}\n"
+        "536365,85123A,WHITE HANGING HEART T-LIGHT HOLDER,6,2010-12-01 08:26:00,2.55,17850.0,United Kingdom\n")
 
 
 def test_counts_data_lines_and_checksums_the_file_as_delivered(lakehouse):

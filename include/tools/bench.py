@@ -278,7 +278,8 @@ def _difference(ours, theirs) -> str:
     left, right = ours.sort_by(keys).to_pylist(), theirs.cast(ours.schema, safe=False).sort_by(keys).to_pylist()
     differing = [(a, b) for a, b in zip(left, right) if a != b]
     if differing:
-        return f"DIFFERENT: {len(differing):,} of {ours.num_rows:,} rows, e.g. ours {differing[0][0]} against {differing[0][1]}"
+        return (f"DIFFERENT: {len(differing):,} of {ours.num_rows:,} rows, "
+                f"e.g. ours {differing[0][0]} against {differing[0][1]}")
     return f"equal ({ours.num_rows:,} rows)"
 
 
@@ -462,8 +463,9 @@ def build_report(figures: dict) -> tuple[str, dict]:
             checks[f"{source} {layer}: gate at most {TARGET_GATE_SHARE:.0%} of the layer"] = (
                 row["validation_share"] <= TARGET_GATE_SHARE, f"{row['validation_share']:.0%}")
         total = sum(row["wall_seconds"] for row in layers.values())
+        delivered = sum(job.delivered_lines for job in jobs if job.layer == "bronze")
         out.append(f"| **total** | {sum(row['jobs'] for row in layers.values())} | {total:.1f} | "
-                   f"{sum(job.delivered_lines for job in jobs if job.layer == 'bronze') / total:,.0f} | | | | | | | | |\n")
+                   f"{delivered / total:,.0f} | | | | | | | | |\n")
         out.append("Per day (wall seconds): " + "; ".join(
             f"{day}: " + ", ".join(f"{job.layer} {job.wall_seconds:.1f}" for job in jobs if job.day == day)
             for day in sorted({job.day for job in jobs})) + "\n")
@@ -484,7 +486,8 @@ def build_report(figures: dict) -> tuple[str, dict]:
             ratio = ours_total / theirs_total
             out.append(f"| {source} | **end to end** | {ours_total:.1f} | {theirs_total:.2f} | **{ratio:.1f}** |")
             if source == EVENTS.name:
-                checks[f"events end to end at most {TARGET_RATIO:g} x DuckDB"] = (ratio <= TARGET_RATIO, f"{ratio:.1f} x")
+                checks[f"events end to end at most {TARGET_RATIO:g} x DuckDB"] = (ratio <= TARGET_RATIO,
+                                                                                  f"{ratio:.1f} x")
         out.append("")
         out.append("Gold, ours against DuckDB's: " + "; ".join(
             f"{mart} {verdict}" for mart, verdict in reference["comparison"].items()) + "\n")
@@ -518,7 +521,8 @@ def build_report(figures: dict) -> tuple[str, dict]:
             out.append(f"| {number} ({day}) | {layers['bronze']:.1f} | {layers['silver']:.1f} | {layers['gold']:.1f} | "
                        f"{total:.1f} | {total / first:.2f} |")
             if number == max(GROWTH_DAYS):
-                checks[f"day 31 at most {TARGET_GROWTH} x day 2"] = (total / first <= TARGET_GROWTH, f"{total / first:.2f}")
+                checks[f"day 31 at most {TARGET_GROWTH} x day 2"] = (total / first <= TARGET_GROWTH,
+                                                                     f"{total / first:.2f}")
         out.append("")
 
     fixed = figures.get("fixed")
@@ -526,8 +530,9 @@ def build_report(figures: dict) -> tuple[str, dict]:
         out.append(f"## Fixed cost: one date, {fixed['events']:,} events, `airflow dags test`\n")
         out.append("| wall s | Spark start-up s | work s | Spark shut-down s | Airflow s | layer jobs |")
         out.append("|---|---|---|---|---|---|")
-        out.append(f"| {fixed['wall_seconds']:.1f} | {fixed['spark_startup_seconds']:.1f} | {fixed['work_seconds']:.1f} | "
-                   f"{fixed['spark_shutdown_seconds']:.1f} | {fixed['airflow_seconds']:.1f} | {fixed['layer_jobs']} |\n")
+        out.append(f"| {fixed['wall_seconds']:.1f} | {fixed['spark_startup_seconds']:.1f} | "
+                   f"{fixed['work_seconds']:.1f} | {fixed['spark_shutdown_seconds']:.1f} | "
+                   f"{fixed['airflow_seconds']:.1f} | {fixed['layer_jobs']} |\n")
         checks[f"tiny run under {TARGET_TINY_SECONDS:g} s"] = (fixed["wall_seconds"] < TARGET_TINY_SECONDS,
                                                                f"{fixed['wall_seconds']:.1f} s")
 
@@ -600,7 +605,8 @@ def compare_reports(before: dict, after: dict) -> str:
     out.append("| figure | before | after | after / before |")
     out.append("|---|---|---|---|")
     for name, old, new in rows:
-        out.append(f"| {name} | {old:.1f} | {new:.1f} | {new / old:.2f} |" if old else f"| {name} | {old:.1f} | {new:.1f} | |")
+        ratio = f"{new / old:.2f}" if old else ""
+        out.append(f"| {name} | {old:.1f} | {new:.1f} | {ratio} |")
     out.append("")
     return "\n".join(out)
 
@@ -614,7 +620,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="generated events a day in the growth phase (100000)")
     parser.add_argument("--tiny-events", type=int, default=1_000, help="events of the fixed-cost run (1000)")
     parser.add_argument("--skip", default="", help=f"phases to leave out, separated by commas: {', '.join(PHASES)}")
-    parser.add_argument("--root", type=Path, help="folder for the landing zone, warehouse, logs (default: a temp folder)")
+    parser.add_argument("--root", type=Path,
+                        help="folder for the landing zone, warehouse, logs (default: a temp folder)")
     parser.add_argument("--keep", action="store_true", help="keep --root's data when done (a temp root is removed)")
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench-results",
                         help="where report.md and report.json go (bench-results/)")
@@ -657,7 +664,8 @@ def main(argv: list[str] | None = None) -> int:
                 figures["refresh"] = [vars(job) for job in phase_refresh(settings, days, log_dir)]
         if "growth" not in skip:
             figures["growth_events_per_day"] = args.growth_events_per_day
-            figures["growth"] = [vars(job) for job in phase_growth(root / "growth", args.growth_events_per_day, log_dir)]
+            growth = phase_growth(root / "growth", args.growth_events_per_day, log_dir)
+            figures["growth"] = [vars(job) for job in growth]
         if "fixed" not in skip:
             figures["fixed"] = phase_fixed(root / "fixed", args.tiny_events, log_dir)
     finally:

@@ -148,7 +148,8 @@ def localize(site: Path, pages: list[Path], assets: Path = DEFAULT_DIR) -> bool:
         for url, local in LINKS.items():
             changed = changed.replace(f'"{url}"', f'"{prefix}/{local}"')
         # GX's logo comes from its S3 bucket (with the project's id in the query); the site has a copy.
-        changed = GX_LOGO.sub(f'src="{os.path.relpath(site / "static" / "images", page.parent)}/logo-long.png"', changed)
+        images = os.path.relpath(site / "static" / "images", page.parent)
+        changed = GX_LOGO.sub(f'src="{images}/logo-long.png"', changed)
         if changed != text:
             page.write_text(changed, encoding="utf-8")
     return True

@@ -163,7 +163,8 @@ def product_performance(totals: DataFrame, orders: DataFrame) -> DataFrame:
               .withColumn("_above", F.sum("revenue").over(at_least) - F.sum("revenue").over(same)))
     tier = F.lit(SLOW_TIER)
     for name, limit in reversed(PRODUCT_TIERS):
-        tier = F.when(F.col("_above") < F.col("_total") * F.lit(limit).cast("decimal(3,2)"), F.lit(name)).otherwise(tier)
+        share = F.col("_total") * F.lit(limit).cast("decimal(3,2)")
+        tier = F.when(F.col("_above") < share, F.lit(name)).otherwise(tier)
     return (ranked
             .withColumn("revenue_share", F.when(F.col("_total") != 0, F.round(F.col("revenue") / F.col("_total"), 6))
                         .cast(SHARE_TYPE))

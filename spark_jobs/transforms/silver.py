@@ -37,7 +37,8 @@ EVENTS_COLUMNS = (
 def _quoted(column: str) -> Column:
     """A source value as it reads in a reason: 'value' or (empty)."""
     value = F.col(column)
-    return F.when(F.coalesce(value, F.lit("")) == "", F.lit("(empty)")).otherwise(F.concat(F.lit("'"), value, F.lit("'")))
+    quoted = F.concat(F.lit("'"), value, F.lit("'"))
+    return F.when(F.coalesce(value, F.lit("")) == "", F.lit("(empty)")).otherwise(quoted)
 
 
 def _present(column: str) -> Column:
