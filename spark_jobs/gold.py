@@ -13,10 +13,11 @@ event dates those changed rows belong to, from silver, then the touched keys fro
 with columns over the whole mart (RFM scores, revenue shares, recency) recompute those over the
 already aggregated mart after the merge. A run whose changes touch a quarter or more of a mart's keys
 (`REBUILD_SHARE`: a large day over a short history) rebuilds that mart from its inputs instead, which
-is cheaper then and gives the same table; its refresh is recorded as `rebuilt`. So a rerun, a backfill
-of an older date or a date processed twice gives the table a full rebuild gives. `--refresh full`
-rebuilds the marts from all of silver; it is also what happens the first time, and when the change feed
-no longer covers the versions a mart has not seen.
+is cheaper then and gives the same table; so does a mart kept over a rollup that would be rewritten whole
+anyway, since finding its touched keys' rows reads every date of the rollup too. Such a refresh is
+recorded as `rebuilt`. So a rerun, a backfill of an older date or a date processed twice gives the table
+a full rebuild gives. `--refresh full` rebuilds the marts from all of silver; it is also what happens the
+first time, and when the change feed no longer covers the versions a mart has not seen.
 """
 
 from __future__ import annotations
@@ -137,7 +138,7 @@ def run_gold(spark, settings: Settings, source: Source, ingestion_date: date, ru
                 inputs = silver
                 if mart.rollup is not None:
                     inputs = _refresh_rollup(spark, settings, mart.rollup, silver, changes, seen[mart.table])
-                if _rebuilds(spark, path, counts[mart.table]):
+                if _rebuilds(spark, path, mart, counts[mart.table]):
                     plans[mart.table] = "rebuilt"
                     staged.append(_whole(mart, inputs, path))
                 else:
@@ -186,12 +187,23 @@ def _whole(mart, inputs, path: str):
     return mart, mart.build_from(inputs), lambda frame: _overwrite(frame, path)
 
 
-def _rebuilds(spark, path: str, touched: int) -> bool:
-    """Whether `touched` keys are enough of the mart at `path` to rebuild it rather than recompute them."""
+def _rebuilds(spark, path: str, mart, touched: int) -> bool:
+    """Whether to rebuild the mart at `path` from its inputs rather than recompute its `touched` keys: they are
+    a large share of its rows, or the mart is kept over a rollup and would be rewritten whole anyway: finding
+    the touched keys' rows reads every date of the rollup (its partitions are dates, not keys), and the
+    rewrite then reads the stored mart as well (gold of day 31 of 100,000 events a day, four pairs in turn:
+    0.87 to 0.99 times the wall, median 0.94; `user_engagement` 11.2 s rebuilt, 12.7 s recomputed by key)."""
     if REBUILD_SHARE is None:
         return False
+    if mart.rollup is not None and (mart.finish is not None or _bytes(spark, path) <= REWRITE_BYTES):
+        return True
     rows = store.read(spark, path).count()  # Delta answers from its log's file statistics
     return touched >= REBUILD_SHARE * rows
+
+
+def _bytes(spark, path: str) -> int:
+    """The size of the Delta table at `path`, from its log."""
+    return store.delta_table(spark, path).detail().first()["sizeInBytes"]
 
 
 def _tables_of(mart) -> list[str]:
@@ -318,7 +330,7 @@ def _stage_keys(spark, path: str, mart, inputs, touched, count: int):
     rows = _matching(_narrowed(inputs, on_silver, count), on_silver, columns, "left_semi")
     fresh = mart.aggregate(rows)
     keys = mart.key_columns
-    if mart.finish is not None or store.delta_table(spark, path).detail().first()["sizeInBytes"] <= REWRITE_BYTES:
+    if mart.finish is not None or _bytes(spark, path) <= REWRITE_BYTES:
         # The other keys' stored rows and the fresh ones; for columns over the whole mart, finished together.
         stored = store.read(spark, path).select(*fresh.columns)
         whole = _matching(stored, touched, keys, "left_anti").unionByName(fresh)

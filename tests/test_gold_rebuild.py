@@ -4,6 +4,7 @@ mart it publishes is the one a full refresh builds."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from datetime import date
 
 from include.sources import EVENTS
@@ -47,4 +48,13 @@ def test_a_run_touching_most_keys_rebuilds_and_equals_a_full_refresh(spark, lake
     monkeypatch.setattr("spark_jobs.gold.REBUILD_SHARE", None)
     run_silver(spark, ungated, EVENTS, DAYS[1], "silver-again")  # the date decided again: its rows are new versions
     assert {result.refresh for result in run_gold(spark, lakehouse, EVENTS, DAYS[1], "third")} == {"incremental"}
+    assert gold_tables(spark, lakehouse, "events") == rebuilt
+
+    # Whatever the share, a mart kept over a rollup that would be rewritten whole is rebuilt from the rollup;
+    # the marts over silver recompute the touched keys (their dates, where silver's files are skipped).
+    monkeypatch.setattr("spark_jobs.gold.REBUILD_SHARE", math.inf)  # never by the share of touched keys
+    run_silver(spark, ungated, EVENTS, DAYS[1], "silver-once-more")
+    refreshes = {result.table: result.refresh for result in run_gold(spark, lakehouse, EVENTS, DAYS[1], "fourth")}
+    assert refreshes == {"funnel_daily": "incremental", "hourly_sales": "incremental",
+                         "product_conversion": "rebuilt", "user_engagement": "rebuilt"}
     assert gold_tables(spark, lakehouse, "events") == rebuilt
