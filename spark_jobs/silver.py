@@ -4,10 +4,10 @@
 
 Every bronze row of the date ends in exactly one of `silver/<source>` and `silver/quarantine`: the
 date's rows are validated with the silver suites (that accounting among them) before anything is
-written, the fingerprint index included. The duplicate rule keeps the copy of the earliest ingestion date,
-whatever order the dates are processed in: `silver/fingerprints` records which passing rows each date holds, and a
-date processed after later ones also rewrites the later dates that share rows with it. For orders,
-the job then rebuilds the type 2 history of customers and products (`silver/dim_customer`,
+written, the fingerprint index included. The duplicate rule keeps the copy of the earliest ingestion
+date, whatever order the dates are processed in: `silver/fingerprints` records which passing rows each
+date holds, and a date processed after later ones also rewrites the later dates that share rows with it.
+For orders, the job then rebuilds the type 2 history of customers and products (`silver/dim_customer`,
 `silver/dim_product`) from silver orders as they stand.
 """
 

@@ -554,13 +554,14 @@ def _fixed_share(figures: dict) -> list[str]:
     layers, reference, fixed = figures.get("layers", {}), figures.get("reference"), figures.get("fixed")
     if not (reference and fixed and layers.get(EVENTS.name) and fixed.get("layer_jobs")):
         return []
-    jobs = [JobFigures(**job) for job in layers[EVENTS.name]]
+    per_layer = _per_layer([JobFigures(**job) for job in layers[EVENTS.name]]).values()
+    jobs = sum(row["jobs"] for row in per_layer)
+    ours = sum(row["wall_seconds"] for row in per_layer)
+    edges = ours - sum(row["work_seconds"] for row in per_layer)  # each job's start-up and shut-down
+    cold = fixed["work_seconds"] / fixed["layer_jobs"] * jobs
     theirs = sum(item["seconds"] for item in reference["timings"] if item["source"] == EVENTS.name)
-    edges = sum(job.startup_seconds + job.shutdown_seconds for job in jobs)
-    cold = fixed["work_seconds"] / fixed["layer_jobs"] * len(jobs)
-    ours = sum(job.wall_seconds for job in jobs)
-    rows = [(f"start-up and shut-down of the {len(jobs)} jobs", edges),
-            (f"their work on a {fixed['events']:,}-event day (the tiny run's work per job, {len(jobs)} times)", cold),
+    rows = [(f"start-up and shut-down of the {jobs} jobs", edges),
+            (f"their work on a {fixed['events']:,}-event day (the tiny run's work per job, {jobs} times)", cold),
             ("**fixed cost, whatever the rows**", edges + cold),
             ("work that grows with the rows (the rest)", ours - edges - cold),
             ("**end to end**", ours)]
