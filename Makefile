@@ -29,7 +29,8 @@ RUN_DAYS ?= 3
 RUN_EVENTS_PER_DAY ?= 20000
 RUN_FIRST_DAY ?= 2010-12-01
 
-.PHONY: help setup run test test-slow bench browser dag-test airflow airflow-stop backfill airflow-db spark-cluster spark-cluster-stop clean
+.PHONY: help setup run test test-slow bench browser dag-test airflow airflow-stop backfill airflow-db spark-connect \
+	spark-connect-stop spark-cluster spark-cluster-stop clean
 
 help:
 	@echo "make setup                   create .venv with the pinned requirements (idempotent)"
@@ -42,6 +43,8 @@ help:
 	@echo "make airflow-stop            stop it (running tasks included)"
 	@echo "make backfill FROM=YYYY-MM-DD TO=YYYY-MM-DD [REPROCESS=none|failed|completed]"
 	@echo "                             backfill lakehouse_daily over those ingestion dates (Airflow must be up)"
+	@echo "make spark-connect           start the Spark Connect server the layer jobs run on (LAKEHOUSE_RUNTIME=connect)"
+	@echo "make spark-connect-stop      stop it"
 	@echo "make spark-cluster           start a Spark standalone master and worker on 127.0.0.1 (LAKEHOUSE_RUNTIME=spark)"
 	@echo "make spark-cluster-stop      stop them"
 	@echo "make clean                   remove data/, .airflow/, .venv/ and bench-results/"
@@ -82,6 +85,15 @@ airflow-db: setup
 airflow: setup
 	@python -m include.tools.airflow_stack start
 
+# The Spark Connect server (include/tools/spark_connect.py): 127.0.0.1:15002, its token from the Airflow connection
+# spark_connect_default (or LAKEHOUSE_CONNECT_TOKEN). `make run`, `make dag-test` and `make airflow` start it when
+# LAKEHOUSE_RUNTIME=connect (the default) and it is not up.
+spark-connect: airflow-db
+	@python -m include.tools.spark_connect start
+
+spark-connect-stop:
+	@if [ -x "$(BIN)/python" ]; then python -m include.tools.spark_connect stop; else echo "Spark is not installed"; fi
+
 airflow-stop:
 	@if [ -x "$(BIN)/python" ]; then python -m include.tools.airflow_stack stop; else echo "Airflow is not installed"; fi
 
@@ -102,6 +114,7 @@ backfill: setup
 	@python -m include.tools.airflow_stack backfill --from $(FROM) --to $(TO) --reprocess $(REPROCESS)
 
 run: airflow-db
+	@python -m include.tools.spark_connect ensure
 	@python -m include.tools.stage_orders --from $(RUN_FIRST_DAY) --days $(RUN_DAYS)
 	@python -m include.tools.generate_events --from $(RUN_FIRST_DAY) --days $(RUN_DAYS) \
 		--events-per-day $(RUN_EVENTS_PER_DAY) --defect-rate 0.01
@@ -115,6 +128,7 @@ run: airflow-db
 
 dag-test: airflow-db
 	@test -n "$(DATE)" || { echo "usage: make dag-test DATE=YYYY-MM-DD" >&2; exit 2; }
+	@python -m include.tools.spark_connect ensure
 	airflow dags test lakehouse_daily $(DATE)
 	@python -m include.tools.show_tables --date $(DATE)
 
@@ -143,5 +157,5 @@ bench: setup
 browser:
 	@bash include/install-browser.sh
 
-clean: airflow-stop spark-cluster-stop
-	rm -rf data .airflow .spark-cluster .venv .pytest_cache bench-results
+clean: airflow-stop spark-connect-stop spark-cluster-stop
+	rm -rf data .airflow .spark-connect .spark-cluster .venv .pytest_cache bench-results

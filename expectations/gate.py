@@ -165,7 +165,7 @@ def _sampled_rows_expectation():
                     pass
             batch, _, _ = execution_engine.get_compute_domain(metric_domain_kwargs, domain_type=MetricDomainTypes.TABLE)
             batch.createOrReplaceTempView("tmp_view")
-            return _sampled_rows(execution_engine.spark, cls._format_query(query, batch="tmp_view"))
+            return _sampled_rows(batch.sparkSession, cls._format_query(query, batch="tmp_view"))
 
     class UnexpectedRowsWithSample(UnexpectedRowsExpectation):
         metric_dependencies = (UnexpectedRowsSample.metric_name,)
@@ -336,7 +336,10 @@ def audit(spark, settings, layer: str, source: str, ingestion_date: date, checks
         context = project(settings)
         checkpoints = [_checkpoint(context, layer, check.table) for check in checks]
     outcomes, results = [], []
-    pool = ThreadPoolExecutor(max_workers=AHEAD_THREADS, thread_name_prefix="gate-sql")
+    # The pool's threads tag their operations as this thread does (an Airflow task's tag on the Connect server).
+    tags = spark.getTags()
+    pool = ThreadPoolExecutor(max_workers=AHEAD_THREADS, thread_name_prefix="gate-sql",
+                              initializer=lambda: [spark.addTag(tag) for tag in tags])
     try:
         ahead = _run_ahead(spark, checks, [checkpoint.validation_definitions[0].suite for checkpoint in checkpoints],
                            pool)

@@ -13,7 +13,14 @@ comes from the environment with a default that keeps everything inside the check
     LAKEHOUSE_MAX_QUARANTINE_SHARE_<SOURCE>  the share of a date's bronze rows that may be quarantined
                                    before silver refuses the date (orders 0.10, events 0.05)
     AIRFLOW_HOME                   Airflow's home and SQLite  (./.airflow)
-    LAKEHOUSE_RUNTIME              local | spark | databricks (local)
+    LAKEHOUSE_RUNTIME              connect | local | spark | databricks (connect)
+    LAKEHOUSE_CONNECT_PORT         the Spark Connect server's port on 127.0.0.1 (15002)
+    LAKEHOUSE_CONNECT_UI_PORT      its Spark UI, on 127.0.0.1 (4040)
+    LAKEHOUSE_CONNECT_MEMORY       its heap, shared by every date and layer it serves at once (8g)
+    LAKEHOUSE_CONNECT_HOME         its process id, log and scratch space (./.spark-connect)
+    LAKEHOUSE_CONNECT_CONN_ID      the Airflow connection whose password is its token
+                                   (spark_connect_default; `make airflow-db` creates it with a random one)
+    LAKEHOUSE_CONNECT_TOKEN        its token; when unset, the password of that Airflow connection
     LAKEHOUSE_SPARK_MASTER         master for local runs      (local[*])
     LAKEHOUSE_SPARK_DRIVER_MEMORY  driver heap                (2g)
     LAKEHOUSE_SHUFFLE_PARTITIONS   spark.sql.shuffle.partitions (4: a small machine)
@@ -56,12 +63,20 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 LAYERS = ("bronze", "silver", "gold")
-RUNTIMES = ("local", "spark", "databricks")
+RUNTIMES = ("connect", "local", "spark", "databricks")
 
 # The real order days the repository ships (a few weeks of the UCI Online Retail data set).
 SAMPLE_ORDERS_DIR = PROJECT_ROOT / "include" / "data" / "online-retail" / "by-day"
 
 LOG4J_CONFIG = PROJECT_ROOT / "include" / "log4j2.properties"
+# The Spark Connect server's scheduler pools: one fair pool, so that the jobs of concurrent dates share the cores.
+FAIR_SCHEDULER_CONFIG = PROJECT_ROOT / "include" / "spark-fairscheduler.xml"
+
+# Delta Lake in every Spark session the jobs use.
+DELTA_CONF = {
+    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+}
 
 # The share of a date's bronze rows silver may quarantine before the date is refused. Of the 305
 # real order days, half quarantine under 1.2%, 97% under 4.3%, the highest two 5.9% - and one, 22%
@@ -89,7 +104,7 @@ class Settings:
     landing: Path
     warehouse: Path
     airflow_home: Path
-    runtime: str = "local"
+    runtime: str = "connect"
     spark_master: str = "local[*]"
     driver_memory: str = "2g"
     shuffle_partitions: int = 4
@@ -107,6 +122,11 @@ class Settings:
     catchup: bool = False
     max_active_runs: int = 3
     task_retries: int = 2
+    connect_port: int = 15002
+    connect_ui_port: int = 4040
+    connect_memory: str = "8g"
+    connect_home: Path | None = None
+    connect_conn_id: str = "spark_connect_default"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -116,7 +136,7 @@ class Settings:
             value = env.get(name)
             return Path(value).expanduser().resolve() if value else default
 
-        runtime = env.get("LAKEHOUSE_RUNTIME", "local") or "local"
+        runtime = env.get("LAKEHOUSE_RUNTIME", "connect") or "connect"
         if runtime not in RUNTIMES:
             raise ValueError(f"LAKEHOUSE_RUNTIME={runtime!r}: expected one of {', '.join(RUNTIMES)}")
         try:
@@ -128,6 +148,8 @@ class Settings:
             max_active_runs = int(env.get("LAKEHOUSE_MAX_ACTIVE_RUNS", "3"))
             task_retries = int(env.get("LAKEHOUSE_TASK_RETRIES", "2"))
             cores_max = int(env["LAKEHOUSE_SPARK_CORES_MAX"]) if env.get("LAKEHOUSE_SPARK_CORES_MAX") else None
+            connect_port = int(env.get("LAKEHOUSE_CONNECT_PORT", "15002"))
+            connect_ui_port = int(env.get("LAKEHOUSE_CONNECT_UI_PORT", "4040"))
         except ValueError as error:
             raise ValueError(f"bad setting in the environment: {error}") from None
         quick_compiler_mb = env.get("LAKEHOUSE_QUICK_COMPILER_MB", "16")
@@ -173,6 +195,11 @@ class Settings:
             executor_memory=env.get("LAKEHOUSE_SPARK_EXECUTOR_MEMORY", "1g"),
             cores_max=cores_max,
             catalog=_catalog(env.get("LAKEHOUSE_CATALOG", "")),
+            connect_port=connect_port,
+            connect_ui_port=connect_ui_port,
+            connect_memory=env.get("LAKEHOUSE_CONNECT_MEMORY", "8g"),
+            connect_home=path("LAKEHOUSE_CONNECT_HOME", PROJECT_ROOT / ".spark-connect"),
+            connect_conn_id=env.get("LAKEHOUSE_CONNECT_CONN_ID", "spark_connect_default") or "spark_connect_default",
         )
 
     @property
@@ -197,24 +224,55 @@ class Settings:
             return f"{self.catalog}.{layer}.{table}"
         return self.table_path(layer, table)
 
+    def session_conf(self) -> dict[str, str]:
+        """The SQL settings a job's session runs with: set when the session is built here or by spark-submit,
+        and by each job's session on the Spark Connect server (which serves sessions with other settings)."""
+        return {
+            "spark.sql.session.timeZone": "UTC",
+            "spark.sql.shuffle.partitions": str(self.shuffle_partitions),
+            # HotSpot does not compile a method over 8,000 bytes of bytecode: it runs interpreted. Silver's
+            # rules on the events columns make one such stage, interpreted unless Spark generates code per
+            # operator instead; Spark's docs suggest 8000 on HotSpot.
+            "spark.sql.codegen.hugeMethodLimit": "8000",
+            # Delta rebuilds table state with 50 tasks by default: pure overhead for small tables.
+            "spark.databricks.delta.snapshotPartitions": str(self.shuffle_partitions),
+        }
+
     def spark_conf(self, quick: bool = False) -> dict[str, str]:
         """Spark settings for every job, whether the session is built here or by spark-submit (`quick`:
         a job `quick_compiler` says yes to)."""
         return {
-            "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
-            "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
-            "spark.sql.session.timeZone": "UTC",
-            "spark.sql.shuffle.partitions": str(self.shuffle_partitions),
-            # HotSpot does not compile a method over 8,000 bytes of bytecode: it runs interpreted. Silver's
-            # rules on the events columns make one such stage (2M-event day: 19 s, 6-8 s below this
-            # limit, where Spark generates code per operator instead); Spark's docs suggest 8000 on HotSpot.
-            "spark.sql.codegen.hugeMethodLimit": "8000",
-            # Delta rebuilds table state with 50 tasks by default: pure overhead for small tables.
-            "spark.databricks.delta.snapshotPartitions": str(self.shuffle_partitions),
+            **DELTA_CONF,
+            **self.session_conf(),
             "spark.ui.enabled": str(self.spark_ui).lower(),
             "spark.ui.showConsoleProgress": "false",
             "spark.driver.memory": self.driver_memory,
             "spark.driver.extraJavaOptions": " ".join(self.driver_java_options(quick)),
+        }
+
+    def connect_server_conf(self) -> dict[str, str]:
+        """The Spark Connect server's settings (include/tools/spark_connect.py): Delta, 127.0.0.1 only, the fair
+        scheduler between the sessions of concurrent dates, its UI without kill links, the full JIT."""
+        home = self.connect_home or PROJECT_ROOT / ".spark-connect"
+        return {
+            **DELTA_CONF,
+            **self.session_conf(),
+            "spark.connect.grpc.binding.address": "127.0.0.1",
+            "spark.connect.grpc.binding.port": str(self.connect_port),
+            "spark.driver.host": "127.0.0.1",
+            "spark.driver.bindAddress": "127.0.0.1",
+            "spark.ui.enabled": "true",
+            "spark.ui.port": str(self.connect_ui_port),
+            "spark.ui.killEnabled": "false",
+            "spark.ui.showConsoleProgress": "false",
+            "spark.scheduler.mode": "FAIR",
+            "spark.scheduler.allocation.file": str(FAIR_SCHEDULER_CONFIG),
+            "spark.local.dir": str(home / "scratch"),
+            # Shuffle files and broadcasts of finished jobs go when the driver's garbage collector finds them
+            # unreferenced; a server that runs for weeks should look more often than Spark's 30 minutes.
+            "spark.cleaner.periodicGC.interval": "5min",
+            "spark.driver.extraJavaOptions": " ".join(
+                [f"-Dlog4j.configurationFile=file:{LOG4J_CONFIG}", *([self.java_options] if self.java_options else [])]),
         }
 
     def driver_java_options(self, quick: bool = False) -> list[str]:

@@ -21,7 +21,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
-from airflow.sdk import Asset, BaseOperatorLink
+from airflow.sdk import Asset, BaseOperator, BaseOperatorLink
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from include.config import LAYERS, PROJECT_ROOT, QUICK_COMPILER, Settings, delta_jars, delta_package, get_settings
@@ -79,6 +79,8 @@ def layer_task(layer: str, source: str, settings: Settings, options: list[str] |
             parameters=job_parameters(source, options), pool=pool_name(layer),
             outlets=[table_asset(settings, layer, table, databricks)
                      for table in PUBLISHED_TABLES[(layer, source)]])
+    if settings.runtime == "connect":
+        return LayerConnectOperator(layer=layer, source=source, settings=settings, options=options)
     return LayerJobOperator(layer=layer, source=source, settings=settings, options=options)
 
 
@@ -103,6 +105,91 @@ class DataDocsLink(BaseOperatorLink):
     def get_link(self, operator, *, ti_key) -> str:
         run_name = getattr(operator, "gate_run", "")
         return data_docs_run_url(run_name) if run_name and "{{" not in run_name else ""
+
+
+class LayerConnectOperator(BaseOperator):
+    """One layer job for one source and the run's ingestion date, run in the task's own process as a client of
+    the Spark Connect server (LAKEHOUSE_RUNTIME=connect): no spark-submit, no JVM in the task.
+
+    Each try has a session of its own on the server, its id and its operations' tag derived from the DAG,
+    run, task and try. However the try ends, its session's operations are stopped, the frames it cached
+    released (the server's cache is shared by every session) and the session closed: at the end of the job,
+    when the task is killed (`on_kill`: marked failed or cleared in the UI, a timeout, SIGTERM), and, for a
+    try that was killed outright, by the next try before it starts. A job that refuses its input fails the
+    task without retries; a server that does not answer fails it within seconds, with how to start the server,
+    and the task is retried as the DAG says.
+    """
+
+    template_fields = ("job_arguments", "gate_run")
+    operator_extra_links = (DataDocsLink(),)
+    ui_color = "#f4a460"
+
+    def __init__(self, *, layer: str, source: str, settings: Settings | None = None,
+                 options: list[str] | None = None, **kwargs) -> None:
+        settings = settings or get_settings()
+        super().__init__(
+            task_id=layer,
+            pool=pool_name(layer),
+            outlets=[table_asset(settings, layer, table) for table in PUBLISHED_TABLES[(layer, source)]],
+            **kwargs,
+        )
+        self.layer = layer
+        self.source = source
+        self.lakehouse_settings = settings
+        self.job_arguments = job_parameters(source, options)
+        self.gate_run = validation_run_name("{{ ds }}", layer, source)
+        self.session_id: str | None = None
+
+    def execute(self, context) -> None:
+        import importlib
+
+        from include.spark import ServerUnavailable, connect_session, server_listening, session_id_for, \
+            unavailable_message
+        from spark_jobs.common import RefusedInput, quiet_libraries
+
+        quiet_libraries()
+        settings, ti = self.lakehouse_settings, context["ti"]
+        try_names = (ti.dag_id, ti.run_id, ti.task_id, ti.map_index)
+        if ti.try_number > 1:
+            self._release(session_id_for(*try_names, ti.try_number - 1), "the previous try's")
+        self.session_id = session_id_for(*try_names, ti.try_number)
+        tag = f"lakehouse {ti.dag_id} {ti.run_id} {ti.task_id} try {ti.try_number}".replace(",", " ")
+        try:
+            spark = connect_session(settings, self.session_id, tag)
+        except ServerUnavailable as error:
+            raise AirflowException(str(error)) from None
+        self.log.info("running %s %s on the Spark Connect server at 127.0.0.1:%s, session %s (tag %r)",
+                      self.layer, self.source, settings.connect_port, self.session_id, tag)
+        job = importlib.import_module(f"spark_jobs.{self.layer}").JOB
+        try:
+            job.execute(list(self.job_arguments), spark=spark)
+        except RefusedInput as error:
+            raise AirflowFailException(
+                f"{self.layer} {self.source} refused its input (the reason is logged above): not retried, the same "
+                f"data would be refused again") from error
+        except Exception as error:
+            if not server_listening(settings):
+                raise AirflowException(unavailable_message(settings)) from error
+            raise
+        finally:
+            self._release(self.session_id, "this try's", spark)
+
+    def on_kill(self) -> None:
+        if self.session_id:
+            self._release(self.session_id, "the killed try's")
+
+    def _release(self, session_id: str, whose: str, spark=None) -> None:
+        from include.spark import release_session
+
+        try:
+            interrupted = release_session(self.lakehouse_settings, session_id, spark)
+        except Exception as error:  # the server is gone: nothing of the session is left on it
+            self.log.warning("could not release %s Spark Connect session %s: %s", whose, session_id,
+                             str(error).splitlines()[0] if str(error) else type(error).__name__)
+            return
+        if interrupted:
+            self.log.warning("stopped %d operation(s) of %s session %s on the Spark Connect server",
+                             len(interrupted), whose, session_id)
 
 
 class LayerJobOperator(SparkSubmitOperator):
@@ -179,11 +266,20 @@ def connections(settings: Settings) -> dict[str, dict]:
 def default_connections() -> dict[str, dict]:
     """Connections created when missing and otherwise left as their owner set them: `spark_default`
     points at the cluster `make spark-cluster` starts until someone points it at theirs."""
+    import secrets
+
     from include.tools.spark_cluster import Cluster
 
+    settings = get_settings()
     return {"spark_default": {"conn_type": "spark", "host": Cluster.from_env().master_url,
                               "description": "the Spark standalone master the layer jobs run on when "
-                                             "LAKEHOUSE_RUNTIME=spark (`make spark-cluster` starts one here)"}}
+                                             "LAKEHOUSE_RUNTIME=spark (`make spark-cluster` starts one here)"},
+            # The Connect server's token: random, made here once, read by the server and its clients.
+            settings.connect_conn_id: {
+                "conn_type": "spark_connect", "host": "localhost", "port": settings.connect_port,
+                "password": secrets.token_urlsafe(32),
+                "description": "the Spark Connect server the layer jobs run on when LAKEHOUSE_RUNTIME=connect "
+                               "(`make spark-connect`); its password is the server's token"}}
 
 
 def apply(settings: Settings) -> list[str]:
@@ -214,7 +310,8 @@ def apply(settings: Settings) -> list[str]:
         for conn_id, fields in default_connections().items():
             if session.query(Connection).filter(Connection.conn_id == conn_id).one_or_none() is None:
                 session.add(Connection(conn_id=conn_id, **fields))
-                done.append(f"connection {conn_id}: created ({fields['conn_type']} {fields['host']})")
+                done.append(f"connection {conn_id}: created ({fields['conn_type']} {fields['host']}"
+                            f"{':' + str(fields['port']) if fields.get('port') else ''})")
     return done
 
 

@@ -28,7 +28,7 @@ from include.config import INGESTED_FILES_TABLE, Settings
 from include.landing import DeliveredFile, DeliveryError, inspect_file, list_delivery
 from include.sources import Source
 from spark_jobs import tables as store
-from spark_jobs.common import observed, replace_partition, run_layer_job
+from spark_jobs.common import LayerJob, observed, replace_partition
 from spark_jobs.transforms.bronze import without_carriage_return
 
 log = logging.getLogger("lakehouse.bronze")
@@ -83,7 +83,7 @@ def run_bronze(spark, settings: Settings, source: Source, ingestion_date: date, 
     # data line, every file's header the source's layout); only then are bronze and the manifest written.
     staged = bronze
     if settings.gates:  # parsed once, here: the gate reads the rows from memory and the write goes from there
-        staged = bronze.cache()
+        staged = store.cache(bronze)
         staged.count()
     validating = time.monotonic()
     audit(spark, settings, "bronze", source.name, ingestion_date, [
@@ -99,7 +99,7 @@ def run_bronze(spark, settings: Settings, source: Source, ingestion_date: date, 
     replace_partition(bronze, table, f"_ingestion_date = '{ingestion_date.isoformat()}'", ["_ingestion_date"],
                       BRONZE_TABLE_PROPERTIES)
     metrics = observed(observation, staged, *counts)
-    staged.unpersist()
+    store.release(staged)
     written = time.monotonic()
     _warn_about_repeated_files(spark, settings, source, ingestion_date, delivered)
     replace_partition(manifest, settings.table_location(*INGESTED_FILES_TABLE),
@@ -193,9 +193,12 @@ def _warn_about_repeated_files(spark, settings, source, ingestion_date, delivere
         first_in_delivery.setdefault(item.sha256, item.relative_path)
 
 
+JOB = LayerJob("bronze", "Load one source's delivery for one ingestion date into bronze.", run_bronze,
+               expected_errors=(DeliveryError, GateFailed))
+
+
 def main(argv: list[str] | None = None) -> None:
-    run_layer_job("bronze", "Load one source's delivery for one ingestion date into bronze.", run_bronze, argv,
-                  expected_errors=(DeliveryError, GateFailed))
+    JOB.main(argv)
 
 
 if __name__ == "__main__":

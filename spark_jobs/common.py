@@ -75,52 +75,84 @@ def job_arguments(description: str, argv: list[str] | None = None,
 
 def configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stdout, force=True)
+    quiet_libraries()
+
+
+def quiet_libraries() -> None:
+    """Warnings only from the libraries' loggers: the job logs its own story."""
     # py4j logs every gateway call at INFO.
     logging.getLogger("py4j").setLevel(logging.WARNING)
     # GX narrates every metric and config load at INFO; the gate logs its own summary.
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
 
 
-def run_layer_job(layer: str, description: str, run, argv: list[str] | None = None,
-                  expected_errors: tuple[type[Exception], ...] = (),
-                  extra_arguments: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
-    """A layer job's entry point: arguments, logging, Spark session, then
-    `run(spark, settings, source, date, run_id, **options)`, the options being what `extra_arguments` added.
+@dataclasses.dataclass(frozen=True)
+class LayerJob:
+    """A layer job: `run(spark, settings, source, date, run_id, **options)`, the options being what
+    `extra_arguments` adds to the command line. `expected_errors` are problems with the data or the
+    request, not the code: refused input, never worth running again."""
 
-    `expected_errors` are problems with the data or the request, not the code: logged as one line, exit
-    status 2 - or, on Databricks, where a task's exit status is not reported, a `RefusedInput` error that the
-    Airflow task reads in the run's output.
-    """
-    from include.config import get_settings
-    from include.sources import get_source
-    from include.spark import get_spark
+    layer: str
+    description: str
+    run: Callable
+    expected_errors: tuple[type[Exception], ...] = ()
+    extra_arguments: Callable[[argparse.ArgumentParser], None] | None = None
 
-    configure_logging()
-    args = job_arguments(description, argv, extra_arguments)
-    options = {name: value for name, value in vars(args).items()
-               if name not in ("source", "ingestion_date", "run_id", "setting")}
-    os.environ.update(dict(args.setting))
-    settings = get_settings()
-    source = get_source(args.source)
-    if settings.gates:
-        # Great Expectations takes seconds to import: do it while the Spark session starts.
-        threading.Thread(target=importlib.import_module, args=("great_expectations",), daemon=True).start()
-    spark = get_spark(f"{layer}-{source.name}-{args.ingestion_date}", settings)
-    session_ready = time.time()
-    try:
-        result = run(spark, settings, source, args.ingestion_date, args.run_id, **options)
-    except expected_errors as error:
-        logging.getLogger(f"lakehouse.{layer}").error("%s", error)
-        if "DATABRICKS_RUNTIME_VERSION" in os.environ:
-            raise RefusedInput(f"{layer} {source.name} {args.ingestion_date}: {error}") from error
-        raise SystemExit(2) from error
-    finished = time.time()
-    logging.getLogger(f"lakehouse.{layer}").info("%s %s", RESULT_MARK, json.dumps({
-        "layer": layer, "source": source.name, "ingestion_date": args.ingestion_date.isoformat(),
-        # Epoch seconds: the process that started the job (spark-submit's JVM, or this interpreter), the
-        # Spark session ready, the work done. Start-up is the first two apart, the work the last two.
-        "started_at": _launched_at(), "session_ready_at": session_ready, "finished_at": finished,
-        "result": _plain(result)}, default=str))
+    def main(self, argv: list[str] | None = None) -> None:
+        """The job as a program (spark-submit, a Databricks task, `python spark_jobs/<layer>.py` with
+        LAKEHOUSE_RUNTIME=connect). Refused input is logged as one line and exits with status 2 - or, on
+        Databricks, where a task's exit status is not reported, raises `RefusedInput`, which the Airflow task
+        reads in the run's output."""
+        configure_logging()
+        try:
+            self.execute(argv)
+        except RefusedInput as error:
+            if "DATABRICKS_RUNTIME_VERSION" in os.environ:
+                raise
+            raise SystemExit(2) from error
+
+    def execute(self, argv: list[str] | None = None, spark=None):
+        """Run the job in this process, on `spark` (a session the caller owns: an Airflow task's session on
+        the Connect server) or on the session `get_spark` gives; its result. An expected error is logged as
+        one line and raised as `RefusedInput`. A session opened here on the Connect server is released at the
+        end, its cached frames freed, however the job ends."""
+        from include.config import get_settings
+        from include.sources import get_source
+        from include.spark import get_spark
+
+        started_at = time.time()
+        args = job_arguments(self.description, argv, self.extra_arguments)
+        options = {name: value for name, value in vars(args).items()
+                   if name not in ("source", "ingestion_date", "run_id", "setting")}
+        os.environ.update(dict(args.setting))
+        settings = get_settings()
+        source = get_source(args.source)
+        if settings.gates and "great_expectations" not in sys.modules:
+            # Great Expectations takes seconds to import: do it while the session starts and stages the rows.
+            threading.Thread(target=importlib.import_module, args=("great_expectations",), daemon=True).start()
+        own_session = spark is None
+        if own_session:
+            spark = get_spark(f"{self.layer}-{source.name}-{args.ingestion_date}", settings)
+        session_ready = time.time()
+        log = logging.getLogger(f"lakehouse.{self.layer}")
+        try:
+            result = self.run(spark, settings, source, args.ingestion_date, args.run_id, **options)
+        except self.expected_errors as error:
+            log.error("%s", error)
+            raise RefusedInput(f"{self.layer} {source.name} {args.ingestion_date}: {error}") from error
+        finally:
+            if own_session and settings.runtime == "connect":
+                from include.spark import release_session
+
+                release_session(settings, spark=spark)
+        log.info("%s %s", RESULT_MARK, json.dumps({
+            "layer": self.layer, "source": source.name, "ingestion_date": args.ingestion_date.isoformat(),
+            # Epoch seconds: the process that started the job (spark-submit's JVM, or this interpreter; in an
+            # Airflow task on the Connect server, the job's call), the session ready, the work done. Start-up
+            # is the first two apart, the work the last two.
+            "started_at": _launched_at() if own_session else started_at, "session_ready_at": session_ready,
+            "finished_at": time.time(), "result": _plain(result)}, default=str))
+        return result
 
 
 def _launched_at() -> float:
@@ -173,9 +205,8 @@ def observed(observation, frame, *metrics) -> dict:
     """The metrics an `Observation` collected while `frame.observe(observation, *metrics)` was written, or,
     where the write ran the rows in a nested query the observation does not see (creating or replacing a
     table addressed by catalog name), the same metrics computed from `frame` (cached by the caller)."""
-    from py4j.protocol import Py4JJavaError
-
     try:
         return observation.get
-    except Py4JJavaError:
+    except Exception as error:  # py4j's error on a classic session, a PySpark error through Connect
+        logging.getLogger("lakehouse.jobs").debug("observation unavailable (%s): computing the metrics", error)
         return frame.agg(*metrics).first().asDict()

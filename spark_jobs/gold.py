@@ -39,7 +39,7 @@ from expectations.gate import Check, GateFailed, audit
 from include.config import Settings
 from include.sources import Source
 from spark_jobs import tables as store
-from spark_jobs.common import replace_partition, run_layer_job
+from spark_jobs.common import LayerJob, replace_partition
 
 log = logging.getLogger("lakehouse.gold")
 
@@ -88,7 +88,7 @@ def run_gold(spark, settings: Settings, source: Source, ingestion_date: date, ru
     if not store.exists(spark, silver_path):
         raise RuntimeError(f"{silver_path} is not a Delta table: run the silver job for {source.name} first")
     # Every mart is brought to the same silver version, read as of that version throughout.
-    version = store.delta_table(spark, silver_path).history(1).first()["version"]
+    version = store.version(spark, silver_path)
     silver = store.read(spark, silver_path, versionAsOf=version)
     seen = _progress(spark, settings)
 
@@ -131,7 +131,7 @@ def run_gold(spark, settings: Settings, source: Source, ingestion_date: date, ru
                 inputs = store.read(spark, settings.table_location("gold", mart.rollup.table))
             staged.append(_whole(mart, inputs, path))
         elif plans[mart.table] == "incremental":
-            touched = _touched_keys(changes, mart, seen[mart.table]).cache()
+            touched = store.cache(_touched_keys(changes, mart, seen[mart.table]))
             cached.append(touched)
             counts[mart.table] = touched.count()
             if counts[mart.table]:
@@ -145,7 +145,7 @@ def run_gold(spark, settings: Settings, source: Source, ingestion_date: date, ru
                     staged.append((mart, *_stage_keys(spark, path, mart, inputs, touched, counts[mart.table])))
         if settings.gates and staged and staged[-1][0] is mart:
             # Computed once, here: the gate reads it from memory and the write goes from there.
-            frame = staged[-1][1].cache()
+            frame = store.cache(staged[-1][1])
             frame.count()
             cached.append(frame)
             staged[-1] = (mart, frame, staged[-1][2])
@@ -173,10 +173,7 @@ def run_gold(spark, settings: Settings, source: Source, ingestion_date: date, ru
         log.info("gold %s %s: %s refresh to silver version %s%s in %.1f s", source.name, mart.table,
                  plans[mart.table], version, "" if keys is None else f", {keys:,} keys {done}", results[-1].seconds)
     # Dependents first: uncaching a frame that cached frames are built on makes Spark plan those again.
-    for frame in reversed(cached):
-        frame.unpersist()
-    if changes is not None:
-        changes.unpersist()
+    store.release(*reversed(cached), *([changes] if changes is not None else []))
     _record_progress(spark, settings, source, ingestion_date, run_id, results)
     return results
 
@@ -204,7 +201,7 @@ def _rebuilds(spark, path: str, mart, touched: int) -> bool:
 def _rewritten_whole(spark, path: str, mart) -> bool:
     """Whether recomputing some keys of the mart at `path` rewrites the whole mart rather than merging them:
     its columns over the whole mart need every row, or it is small (its size from the Delta log)."""
-    return mart.finish is not None or store.delta_table(spark, path).detail().first()["sizeInBytes"] <= REWRITE_BYTES
+    return mart.finish is not None or store.size_bytes(spark, path) <= REWRITE_BYTES
 
 
 def _tables_of(mart) -> list[str]:
@@ -279,8 +276,8 @@ def _changes(spark, silver_path: str, since: int, until: int, marts):
     columns = sorted({column for mart in marts for _, column in mart.keys}
                      | {mart.rollup.date_column for mart in marts if mart.rollup is not None})
     try:
-        changes = (store.read(spark, silver_path, readChangeFeed="true", startingVersion=since, endingVersion=until)
-                   .select(*columns, F.col("_commit_version")).distinct().cache())
+        changes = store.cache(store.read(spark, silver_path, readChangeFeed="true", startingVersion=since,
+                                         endingVersion=until).select(*columns, F.col("_commit_version")).distinct())
         changes.count()
     except AnalysisException as error:
         log.warning("change feed of %s unreadable: %s", silver_path, str(error).splitlines()[0])
@@ -348,13 +345,14 @@ def _stage_keys(spark, path: str, mart, inputs, touched, count: int):
                    .select(*[F.col(f"k.{key}") for key in keys],
                            *[F.col(f"f.{column}") for column in mart.columns if column not in keys],
                            F.coalesce(F.col("f._fresh"), F.lit(False)).alias("_fresh")))
-        assignments = {f"`{column}`": f"s.`{column}`" for column in mart.columns}
-        (store.delta_table(spark, path).alias("t")
-         .merge(updates.alias("s"), " AND ".join(f"t.`{key}` <=> s.`{key}`" for key in keys))
-         .whenMatchedDelete(condition="NOT s._fresh")
-         .whenMatchedUpdate(condition="s._fresh", set=assignments)
-         .whenNotMatchedInsert(condition="s._fresh", values=assignments)
-         .execute())
+        columns = ", ".join(f"`{column}`" for column in mart.columns)
+        values = ", ".join(f"s.`{column}`" for column in mart.columns)
+        store.merge(spark, path, updates, " AND ".join(f"t.`{key}` <=> s.`{key}`" for key in keys), [
+            "WHEN MATCHED AND NOT s._fresh THEN DELETE",
+            "WHEN MATCHED AND s._fresh THEN UPDATE SET "
+            + ", ".join(f"t.`{column}` = s.`{column}`" for column in mart.columns),
+            f"WHEN NOT MATCHED AND s._fresh THEN INSERT ({columns}) VALUES ({values})",
+        ])
 
     return fresh, merge
 
@@ -367,9 +365,12 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
                         help="only this gold table (repeatable; default: all of the source's tables)")
 
 
+JOB = LayerJob("gold", "Bring one source's gold marts up to date with its silver table.", run_gold,
+               expected_errors=(ValueError, GateFailed), extra_arguments=_arguments)
+
+
 def main(argv: list[str] | None = None) -> None:
-    run_layer_job("gold", "Bring one source's gold marts up to date with its silver table.", run_gold, argv,
-                  expected_errors=(ValueError, GateFailed), extra_arguments=_arguments)
+    JOB.main(argv)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from expectations.gate import Check, GateFailed, audit
 from include.config import Settings
 from include.sources import Source
 from spark_jobs import tables as store
-from spark_jobs.common import observed, replace_partition, run_layer_job
+from spark_jobs.common import LayerJob, observed, replace_partition
 from spark_jobs.transforms.dimensions import DIMENSIONS
 
 log = logging.getLogger("lakehouse.silver")
@@ -69,8 +69,8 @@ def run_silver(spark, settings: Settings, source: Source, ingestion_date: date, 
     # 1. The passing rows of this date, fingerprinted: the date's entries in the index (written with the
     # date's silver rows, once they pass the gate).
     day = classify(source, bronze.where(F.col("_ingestion_date") == F.lit(ingestion_date)))
-    day = fingerprint(source, day).cache()
-    entries = _index_entries(source, day).cache()
+    day = store.cache(fingerprint(source, day))
+    entries = store.cache(_index_entries(source, day))
 
     # 2. Later dates that hold any row this date holds now, or held before, must be decided again.
     later, stored = [], None
@@ -89,7 +89,7 @@ def run_silver(spark, settings: Settings, source: Source, ingestion_date: date, 
     rows, decided, later_rows = day, entries, None
     if later:
         # Cached like the date's own rows: their entries are read by the duplicate rule and written to the index.
-        later_rows = fingerprint(source, classify(source, bronze.where(F.col("_ingestion_date").isin(*later)))).cache()
+        later_rows = store.cache(fingerprint(source, classify(source, bronze.where(F.col("_ingestion_date").isin(*later)))))
         rows, decided = day.unionByName(later_rows), entries.unionByName(_index_entries(source, later_rows))
     if stored is not None:
         index = stored.where(~F.col("_ingestion_date").isin(*dates)).unionByName(decided)
@@ -97,7 +97,7 @@ def run_silver(spark, settings: Settings, source: Source, ingestion_date: date, 
         index = decided
     bronze_rows = dict(rows.groupBy("_ingestion_date").count().collect())
     small = sum(bronze_rows.values()) <= BROADCAST_FINGERPRINTS
-    suspects = duplicate_suspects(index, dates, broadcast=small).cache()
+    suspects = store.cache(duplicate_suspects(index, dates, broadcast=small))
     kept, rejected = split_duplicates(source, rows, suspects, run_id,
                                       broadcast=suspects.count() <= BROADCAST_FINGERPRINTS)
 
@@ -106,7 +106,7 @@ def run_silver(spark, settings: Settings, source: Source, ingestion_date: date, 
     # only if every suite passes are they written, so a refused date leaves every table as it was.
     if settings.gates:
         # Computed once, here: the gate reads them from memory and the writes go from there.
-        kept, rejected = kept.cache(), rejected.cache()
+        kept, rejected = store.cache(kept), store.cache(rejected)
         kept.count(), rejected.count()
     staged = {"bronze_rows_by_date": spark.createDataFrame(
                   [(current, bronze_rows.get(current, 0), settings.max_quarantine_share[source.name])
@@ -121,7 +121,7 @@ def run_silver(spark, settings: Settings, source: Source, ingestion_date: date, 
                       .where(~F.col("_ingestion_date").isin(*dates)).unionByName(kept))
         dimensions = [(dimension, dimension.versions(orders)) for dimension in DIMENSIONS]
         if settings.gates:
-            dimensions = [(dimension, frame.cache()) for dimension, frame in dimensions]
+            dimensions = [(dimension, store.cache(frame)) for dimension, frame in dimensions]
             for _, frame in dimensions:
                 frame.count()
         staged.update({f"staged_{dimension.table}": frame for dimension, frame in dimensions})
@@ -149,9 +149,8 @@ def run_silver(spark, settings: Settings, source: Source, ingestion_date: date, 
     silver_rows = observed(kept_counts, kept, today)["rows"]
     quarantined = observed(rejected_counts, rejected, today)["rows"]
     # Dependents first: uncaching a frame that cached frames are built on makes Spark plan those again.
-    for frame in (*(frame for _, frame in reversed(dimensions)), rejected, kept, suspects,
-                  *([later_rows] if later else []), entries, day):
-        frame.unpersist()
+    store.release(*(frame for _, frame in reversed(dimensions)), rejected, kept, suspects,
+                  *([later_rows] if later else []), entries, day)
     result = SilverResult(source.name, dates, silver_rows, quarantined, time.monotonic() - started,
                           validation_seconds)
     log.info("silver %s %s: %s rows kept, %s quarantined in %.1f s (%.1f s the gate)%s", source.name,
@@ -170,9 +169,12 @@ def _index_entries(source: Source, rows):
                     F.col("count").alias("copies"), "_ingestion_date"))
 
 
+JOB = LayerJob("silver", "Clean one source's bronze rows for one ingestion date into silver.", run_silver,
+               expected_errors=(GateFailed,))
+
+
 def main(argv: list[str] | None = None) -> None:
-    run_layer_job("silver", "Clean one source's bronze rows for one ingestion date into silver.", run_silver, argv,
-                  expected_errors=(GateFailed,))
+    JOB.main(argv)
 
 
 if __name__ == "__main__":

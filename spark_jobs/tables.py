@@ -1,10 +1,43 @@
-"""Where a layer job reads and writes its Delta tables: a path under the warehouse
-(`<warehouse>/<layer>/<table>`), or, with LAKEHOUSE_CATALOG set, the catalog name
-`<catalog>.<layer>.<table>` (Unity Catalog on Databricks). The jobs use these helpers with
-`Settings.table_location`, so the same code serves both.
+"""Every Delta call the layer jobs make, in one place, the same for a classic session (spark-submit, a
+local session, Databricks) and a Spark Connect session.
+
+A table's location is a path under the warehouse (`<warehouse>/<layer>/<table>`) or, with LAKEHOUSE_CATALOG
+set, the catalog name `<catalog>.<layer>.<table>` (Unity Catalog on Databricks); the jobs use these
+helpers with `Settings.table_location`, so the same code serves both.
+
+Only DataFrame reads and writes and Delta's SQL are used: Delta's Python `DeltaTable` API needs Delta's
+Spark Connect plugin on the server, which is not published for the Delta release the project runs.
+
+Frames a job computes once and reads several times are cached through `cache`, under a temporary view of
+the job's session, and released through `release` (or all at once, `release_cached`): the Connect server's
+cache is shared by every session, and a task that is killed leaves its views behind in its session,
+where the task's cleanup, or its retry, finds and releases them.
 """
 
 from __future__ import annotations
+
+import itertools
+import logging
+import time
+
+log = logging.getLogger("lakehouse.tables")
+
+# Cached frames' temporary views start with this; `release_cached` frees every one of a session.
+CACHE_PREFIX = "lakehouse_cached_"
+# Delta's errors for a commit that lost to another writer's (optimistic concurrency): the write is tried again.
+CONFLICT_ERRORS = (
+    "DELTA_CONCURRENT_APPEND", "DELTA_CONCURRENT_DELETE_READ", "DELTA_CONCURRENT_DELETE_DELETE",
+    "DELTA_CONCURRENT_TRANSACTION", "DELTA_CONCURRENT_WRITE", "DELTA_METADATA_CHANGED", "DELTA_PROTOCOL_CHANGED",
+    "ConcurrentAppendException", "ConcurrentDeleteReadException", "ConcurrentDeleteDeleteException",
+    "ConcurrentTransactionException", "ConcurrentWriteException", "MetadataChangedException",
+    "ProtocolChangedException",
+)
+CONFLICT_ATTEMPTS = 3
+_views = itertools.count(1)
+
+
+class CommitConflict(RuntimeError):
+    """A Delta commit lost to other writers' commits every time it was tried."""
 
 
 def is_name(location: str) -> bool:
@@ -12,10 +45,22 @@ def is_name(location: str) -> bool:
     return "/" not in location
 
 
-def exists(spark, location: str) -> bool:
-    from delta.tables import DeltaTable
+def sql_name(location: str) -> str:
+    """The table in SQL: its catalog name, or ``delta.`<path>` ``."""
+    return location if is_name(location) else "delta.`" + location.replace("`", "``") + "`"
 
-    return spark.catalog.tableExists(location) if is_name(location) else DeltaTable.isDeltaTable(spark, location)
+
+def exists(spark, location: str) -> bool:
+    """Whether a Delta table is there."""
+    from pyspark.errors import AnalysisException
+
+    if is_name(location):
+        return spark.catalog.tableExists(location)
+    try:
+        spark.sql(f"DESCRIBE DETAIL {sql_name(location)}").select("format").first()
+    except AnalysisException:
+        return False
+    return True
 
 
 def read(spark, location: str, **options):
@@ -24,10 +69,14 @@ def read(spark, location: str, **options):
     return reader.table(location) if is_name(location) else reader.load(location)
 
 
-def delta_table(spark, location: str):
-    from delta.tables import DeltaTable
+def version(spark, location: str) -> int:
+    """The table's latest version."""
+    return spark.sql(f"DESCRIBE HISTORY {sql_name(location)} LIMIT 1").select("version").first()[0]
 
-    return DeltaTable.forName(spark, location) if is_name(location) else DeltaTable.forPath(spark, location)
+
+def size_bytes(spark, location: str) -> int:
+    """The bytes of the table's current files, from its log."""
+    return spark.sql(f"DESCRIBE DETAIL {sql_name(location)}").select("sizeInBytes").first()[0]
 
 
 def save(spark, writer, location: str) -> None:
@@ -36,6 +85,87 @@ def save(spark, writer, location: str) -> None:
         schema = location.rsplit(".", 1)[0]
         if not spark.catalog.databaseExists(schema):
             spark.sql(f"CREATE SCHEMA IF NOT EXISTS {schema}")
-        writer.saveAsTable(location)
+        _committed(lambda: writer.saveAsTable(location), location)
     else:
-        writer.save(location)
+        _committed(lambda: writer.save(location), location)
+
+
+def merge(spark, location: str, source, on: str, clauses: list[str]) -> None:
+    """`MERGE INTO` the table from the frame `source` (aliased `s`, the table `t`) with `clauses`, e.g.
+    `WHEN MATCHED AND NOT s._fresh THEN DELETE`."""
+    view = f"lakehouse_merge_source_{next(_views)}"
+    source.createOrReplaceTempView(view)
+    try:
+        statement = f"MERGE INTO {sql_name(location)} AS t USING {view} AS s ON {on} " + " ".join(clauses)
+        _committed(lambda: spark.sql(statement).collect(), location)
+    finally:
+        spark.catalog.dropTempView(view)
+
+
+def is_conflict(error: BaseException) -> bool:
+    """Whether `error` is Delta refusing a commit because another writer committed first (classic or Connect)."""
+    condition = getattr(error, "getCondition", None) or getattr(error, "getErrorClass", None)
+    try:
+        name = condition() if condition else None
+    except Exception:
+        name = None
+    text = f"{name or ''} {error}"
+    return any(marker in text for marker in CONFLICT_ERRORS)
+
+
+def _committed(write, location: str) -> None:
+    """Run `write`, trying again when its commit conflicted with another writer's: every write of the jobs is
+    idempotent (a replaced partition, a whole table, a merge of recomputed keys, a progress row never
+    committed)."""
+    for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+        try:
+            write()
+            return
+        except Exception as error:
+            if not is_conflict(error):
+                raise
+            if attempt == CONFLICT_ATTEMPTS:
+                raise CommitConflict(f"{location}: the commit conflicted with other writers {attempt} times: "
+                                     f"{str(error).splitlines()[0]}") from error
+            log.warning("%s: the commit conflicted with another writer's (%s); trying again (%d of %d)",
+                        location, str(error).splitlines()[0], attempt + 1, CONFLICT_ATTEMPTS)
+            time.sleep(attempt)
+
+
+def cache(frame):
+    """`frame` computed once and kept in memory: cached under a temporary view of its session, the frame
+    read back from that view. Count it to fill the cache; `release` it, or `release_cached` the session."""
+    spark = frame.sparkSession
+    view = f"{CACHE_PREFIX}{next(_views)}"
+    frame.createOrReplaceTempView(view)
+    spark.catalog.cacheTable(view)
+    cached = spark.table(view)
+    cached._lakehouse_view = view
+    return cached
+
+
+def release(*frames) -> None:
+    """Free cached frames, in the order given (dependents first: uncaching a frame that cached frames are built
+    on makes Spark plan those again)."""
+    for frame in frames:
+        view = _view_of(frame)
+        if view:
+            frame.sparkSession.catalog.uncacheTable(view)
+            frame.sparkSession.catalog.dropTempView(view)
+
+
+def release_cached(spark) -> int:
+    """Free every frame the session still holds cached through `cache`, newest first; how many."""
+    views = sorted((table.name for table in spark.catalog.listTables()
+                    if table.isTemporary and table.name.startswith(CACHE_PREFIX)),
+                   key=lambda name: int(name[len(CACHE_PREFIX):]) if name[len(CACHE_PREFIX):].isdigit() else 0,
+                   reverse=True)
+    for view in views:
+        spark.catalog.uncacheTable(view)
+        spark.catalog.dropTempView(view)
+    return len(views)
+
+
+def _view_of(frame) -> str | None:
+    """The temporary view `cache` read `frame` from, if it did."""
+    return getattr(frame, "_lakehouse_view", None)

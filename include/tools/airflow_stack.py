@@ -120,6 +120,12 @@ def start(stack: Stack, env: dict[str, str] | None = None, timeout: float = 300)
         if done.returncode != 0:
             raise SystemExit(f"{' '.join(step)} failed:\n{done.stdout}{done.stderr}")
         print("".join(line + "\n" for line in done.stdout.splitlines() if line.startswith("airflow setup")), end="")
+    from include.config import Settings
+    from include.tools import spark_connect
+
+    settings = Settings.from_env(env)
+    if settings.runtime == "connect":  # the layer tasks' server, up before the scheduler runs any
+        spark_connect.start(settings, env=env)
     started = time.monotonic()
     with stack.log_file.open("ab") as log:
         process = subprocess.Popen(["airflow", "standalone"], env=env, stdout=log, stderr=subprocess.STDOUT,
