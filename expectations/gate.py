@@ -293,10 +293,14 @@ def _checkpoint(context, layer: str, table: str):
     from great_expectations.checkpoint import Checkpoint
 
     name = f"{layer}.{table}"
+    # GX would persist every batch and never release it: on the Spark Connect server, whose cache all sessions
+    # share, that is memory no task frees. The jobs cache what they validate themselves.
     try:
         datasource = context.data_sources.get(DATASOURCE)
     except (KeyError, ValueError, LookupError):
-        datasource = context.data_sources.add_spark(DATASOURCE)
+        datasource = context.data_sources.add_spark(DATASOURCE, persist=False)
+    if datasource.persist:  # a project made before this setting
+        datasource = context.data_sources.add_or_update_spark(name=DATASOURCE, persist=False)
     try:
         asset = datasource.get_asset(name)
     except LookupError:

@@ -105,9 +105,13 @@ class DatabricksSettings:
         return settings
 
     def job_settings(self) -> dict[str, str]:
-        """The lakehouse settings a job on Databricks runs with, passed as `--setting` arguments."""
-        return {"LAKEHOUSE_CATALOG": self.catalog, "LAKEHOUSE_LANDING": self.landing,
-                "LAKEHOUSE_GX_ROOT": self.gx_root}
+        """The lakehouse settings a job on Databricks runs with, passed as `--setting` arguments. Serverless
+        compute is Spark Connect without a cache: the jobs compute each frame again where they would reuse it."""
+        settings = {"LAKEHOUSE_CATALOG": self.catalog, "LAKEHOUSE_LANDING": self.landing,
+                    "LAKEHOUSE_GX_ROOT": self.gx_root}
+        if self.compute == "serverless":
+            settings["LAKEHOUSE_CACHE_FRAMES"] = "false"
+        return settings
 
     def landing_dir(self, source: str, ingestion_date: str) -> str:
         return f"{self.landing}/{source}/{ingestion_date}"

@@ -50,6 +50,8 @@ def get_spark(app_name: str, settings: Settings | None = None) -> SparkSession:
 
     from pyspark.sql import SparkSession
 
+    # A classic session's process is never in Spark Connect mode, whatever its parent process was in.
+    os.environ.pop("SPARK_CONNECT_MODE_ENABLED", None)
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
@@ -118,9 +120,11 @@ def unavailable_message(settings: Settings) -> str:
 
 
 def connect_session(settings: Settings, session_id: str | None = None, tag: str | None = None,
-                    token: str | None = None) -> SparkSession:
+                    token: str | None = None, current: bool = True) -> SparkSession:
     """A new session on the Connect server (`session_id`: attach to that session, or create it under that
     id), its operations tagged `tag` in this thread, with the job's SQL settings and a short retry policy.
+    `current`: the session `getOrCreate` answers from now on, in this process and thread (Great Expectations
+    finds its session that way); a helper client (a cleanup) is not.
 
     Raises `ServerUnavailable` at once when nothing listens on the server's port.
     """
@@ -141,6 +145,11 @@ def connect_session(settings: Settings, session_id: str | None = None, tag: str 
     # What pyspark's own `builder.remote()` sets: pyspark.sql.functions build Connect columns from then on.
     os.environ["SPARK_CONNECT_MODE_ENABLED"] = "1"
     spark = ConnectSession.builder.channelBuilder(channel).create()
+    if current:
+        # pyspark keeps the first session it made as the default while that one lives; a task's job must find
+        # its own (pyspark has no public setter for a Connect session).
+        ConnectSession._default_session = spark
+        ConnectSession._active_session.session = spark
     spark.client.set_retry_policies([DefaultPolicy(max_retries=CONNECT_RETRIES, max_backoff=CONNECT_MAX_BACKOFF_MS)])
     try:
         for key, value in settings.session_conf().items():
@@ -174,7 +183,7 @@ def release_session(settings: Settings, session_id: str | None = None, spark: Sp
     from spark_jobs import tables
 
     try:
-        spark = spark or connect_session(settings, session_id, token=token)
+        spark = spark or connect_session(settings, session_id, token=token, current=False)
     except Exception as error:
         if "SESSION_CLOSED" in str(error):  # released already: nothing of it is left
             return []

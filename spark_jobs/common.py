@@ -206,7 +206,9 @@ def observed(observation, frame, *metrics) -> dict:
     where the write ran the rows in a nested query the observation does not see (creating or replacing a
     table addressed by catalog name), the same metrics computed from `frame` (cached by the caller)."""
     try:
-        return observation.get
+        values = observation.get
     except Exception as error:  # py4j's error on a classic session, a PySpark error through Connect
         logging.getLogger("lakehouse.jobs").debug("observation unavailable (%s): computing the metrics", error)
-        return frame.agg(*metrics).first().asDict()
+        values = None
+    # Through Spark Connect an observation the write did not see comes back empty rather than failing.
+    return values or frame.agg(*metrics).first().asDict()

@@ -8,7 +8,8 @@ helpers with `Settings.table_location`, so the same code serves both.
 Only DataFrame reads and writes and Delta's SQL are used: Delta's Python `DeltaTable` API needs Delta's
 Spark Connect plugin on the server, which is not published for the Delta release the project runs.
 
-Frames a job computes once and reads several times are cached through `cache`, under a temporary view of
+Frames a job computes once and reads several times are cached through `cache` (unless
+LAKEHOUSE_CACHE_FRAMES is false: Databricks serverless compute has no cache), under a temporary view of
 the job's session, and released through `release` (or all at once, `release_cached`): the Connect server's
 cache is shared by every session, and a task that is killed leaves its views behind in its session,
 where the task's cleanup, or its retry, finds and releases them.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import time
 
 log = logging.getLogger("lakehouse.tables")
@@ -135,8 +137,10 @@ def _committed(write, location: str) -> None:
 def cache(frame):
     """`frame` computed once and kept in memory: cached under a temporary view of its session, the frame
     read back from that view. Count it to fill the cache; `release` it, or `release_cached` the session."""
+    if os.environ.get("LAKEHOUSE_CACHE_FRAMES", "true").lower() in ("0", "false", "no", "off"):
+        return frame  # compute where there is no cache (Databricks serverless): each use computes the frame again
     spark = frame.sparkSession
-    view = f"{CACHE_PREFIX}{next(_views)}"
+    view = f"{CACHE_PREFIX}{owner(spark)}_{next(_views)}"
     frame.createOrReplaceTempView(view)
     spark.catalog.cacheTable(view)
     cached = spark.table(view)
@@ -158,7 +162,7 @@ def release_cached(spark) -> int:
     """Free every frame the session still holds cached through `cache`, newest first; how many."""
     views = sorted((table.name for table in spark.catalog.listTables()
                     if table.isTemporary and table.name.startswith(CACHE_PREFIX)),
-                   key=lambda name: int(name[len(CACHE_PREFIX):]) if name[len(CACHE_PREFIX):].isdigit() else 0,
+                   key=lambda name: int(name.rsplit("_", 1)[1]) if name.rsplit("_", 1)[1].isdigit() else 0,
                    reverse=True)
     for view in views:
         spark.catalog.uncacheTable(view)
@@ -166,6 +170,13 @@ def release_cached(spark) -> int:
     return len(views)
 
 
+def owner(spark) -> str:
+    """What names a session's cached views in the server's storage (the Spark UI's Storage page): the first
+    characters of its Connect session id, or this process's id for a classic session."""
+    session_id = getattr(spark, "session_id", None)
+    return session_id.replace("-", "")[:12] if isinstance(session_id, str) else f"p{os.getpid()}"
+
+
 def _view_of(frame) -> str | None:
     """The temporary view `cache` read `frame` from, if it did."""
-    return getattr(frame, "_lakehouse_view", None)
+    return vars(frame).get("_lakehouse_view")  # getattr of a Connect frame answers a column

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -22,19 +23,51 @@ os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(PROJECT_ROOT / "plugins")
 # py4j logs at INFO when its connections close at interpreter exit, after pytest closed its streams.
 logging.getLogger("py4j").setLevel(logging.WARNING)
 
+# The tests' own Spark Connect server (LAKEHOUSE_RUNTIME=connect, the default): its port, UI port, home and
+# token chosen once here, by the first pytest process (the xdist controller, or the only process), and
+# inherited by the workers and by every Airflow and job process a test starts. The first test that needs
+# it starts it (include/tools/spark_connect.py; a second start reuses it); the run stops it at the end.
+_CONNECT_OWNER = "PYTEST_XDIST_WORKER" not in os.environ and "LAKEHOUSE_TEST_CONNECT_HOME" not in os.environ
+if _CONNECT_OWNER:
+    from tests.helpers import free_port
+
+    os.environ["LAKEHOUSE_TEST_CONNECT_HOME"] = tempfile.mkdtemp(prefix="lakehouse-test-connect-")
+    os.environ.update({
+        "LAKEHOUSE_CONNECT_HOME": os.environ["LAKEHOUSE_TEST_CONNECT_HOME"],
+        "LAKEHOUSE_CONNECT_PORT": str(free_port()),
+        "LAKEHOUSE_CONNECT_UI_PORT": str(free_port()),
+        "LAKEHOUSE_CONNECT_TOKEN": secrets.token_urlsafe(24),
+        "LAKEHOUSE_CONNECT_MEMORY": os.environ.get("LAKEHOUSE_TEST_CONNECT_MEMORY", "6g"),
+    })
+
+CONNECT_ENV = {name: os.environ[name] for name in (
+    "LAKEHOUSE_CONNECT_HOME", "LAKEHOUSE_CONNECT_PORT", "LAKEHOUSE_CONNECT_UI_PORT", "LAKEHOUSE_CONNECT_TOKEN",
+    "LAKEHOUSE_CONNECT_MEMORY") if name in os.environ}
+
 TEST_SPARK_ENV = {
     "LAKEHOUSE_SPARK_MASTER": "local[2]",
     "LAKEHOUSE_SHUFFLE_PARTITIONS": "2",
     "LAKEHOUSE_SPARK_UI": "false",
     "LAKEHOUSE_SPARK_DRIVER_MEMORY": "2g",
+    **CONNECT_ENV,
 }
+
+
+def connect_server() -> Settings:
+    """The tests' Spark Connect server, started if it is not up yet; its settings."""
+    from include.tools import spark_connect
+
+    settings = Settings.from_env({**os.environ, **TEST_SPARK_ENV})
+    spark_connect.start(settings, quiet=True)
+    return settings
 
 
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):
+    """A session of the test process on the tests' Spark Connect server."""
     from include.spark import get_spark
 
-    settings = Settings.from_env({**TEST_SPARK_ENV, "LAKEHOUSE_WAREHOUSE": str(tmp_path_factory.mktemp("wh"))})
+    settings = connect_server()
     session = get_spark("lakehouse-tests", settings)
     yield session
     session.stop()
@@ -58,3 +91,11 @@ def sample_orders_dir() -> Path:
 
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_AIRFLOW_HOME, ignore_errors=True)
+
+
+def pytest_unconfigure(config):
+    if _CONNECT_OWNER:
+        from include.tools import spark_connect
+
+        spark_connect.stop(Settings.from_env({**os.environ, **TEST_SPARK_ENV}), quiet=True)
+        shutil.rmtree(os.environ["LAKEHOUSE_TEST_CONNECT_HOME"], ignore_errors=True)

@@ -58,8 +58,9 @@ def free_port() -> int:
 def airflow_env(home: Path, **settings: str) -> dict[str, str]:
     """The environment of an Airflow of the tests' own: its home, the project's DAGs and plugins, no
     examples, the virtualenv's `airflow` and `spark-submit` first on PATH, and `settings` on top."""
+    environ = {name: value for name, value in os.environ.items() if name != "SPARK_CONNECT_MODE_ENABLED"}
     return {
-        **os.environ,
+        **environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),

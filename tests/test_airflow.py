@@ -1,5 +1,6 @@
 """lakehouse_daily in a running Airflow: `airflow standalone` started by `make airflow`'s code (real
-scheduler, LocalExecutor, API server with the Data Docs plugin), jobs submitted with spark-submit.
+scheduler, LocalExecutor, API server with the Data Docs plugin), the layer tasks clients of the tests'
+Spark Connect server (LAKEHOUSE_RUNTIME=connect).
 
 - A backfill of real order days gives the tables a sequential run gives: one day in `make test` (the
   backfill path through the scheduler), five in `make test-slow`, with several runs active at once and
@@ -7,6 +8,8 @@ scheduler, LocalExecutor, API server with the Data Docs plugin), jobs submitted 
 - The REST API triggers a run with params and reads its state: a bad events day is refused by the silver
   gate without a retry, the source left out by the params is skipped, and the task's Data Docs link opens
   the failed validation, only with a login.
+- A layer task marked failed while its job runs on the Connect server has its operations stopped and its
+  cached frames released there, and the tables keep their versions.
 - A headless Chromium logs in, sees the backfill's runs and opens Data Docs through the plugin.
 """
 
@@ -31,6 +34,7 @@ import pytest
 from include.config import PROJECT_ROOT, SAMPLE_ORDERS_DIR
 from include.sources import ORDERS
 from include.tools import airflow_stack, generate_events, stage_orders
+from tests.conftest import connect_server
 from tests.helpers import free_port, published_tables
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("airflow")]
@@ -65,13 +69,11 @@ def airflow(tmp_path_factory):
         "LAKEHOUSE_SPARK_UI": "false",
         "LAKEHOUSE_MAX_ACTIVE_RUNS": "3",
         "LAKEHOUSE_TASK_RETRIES": "2",
-        # Each task is a new JVM working on a few thousand rows: the quick JIT compiler alone cut the
-        # Airflow tests from 871 s to 586 s in one comparison (the tests' own long-lived session is slower with it).
-        "LAKEHOUSE_SPARK_JAVA_OPTIONS": "-XX:TieredStopAtLevel=1",
     })
     env.pop("AIRFLOW_CONN_SPARK_LOCAL", None)  # the connection comes from include/orchestration.py
     landing = root / "landing"
     stage_orders.main(["--from", REAL_DAYS[0].isoformat(), "--to", REST_DAY, "--landing", str(landing)])
+    connect_server()  # the tests' Spark Connect server, which the layer tasks use
     airflow_stack.start(stack, env)
     yield stack, env, root
     airflow_stack.stop(stack, timeout=5)  # a test's leftovers need no grace
@@ -286,3 +288,57 @@ def test_a_browser_logs_in_sees_the_backfill_runs_and_opens_data_docs(airflow):
         assert "silver.orders" not in browser.page_source
     finally:
         browser.quit()
+
+
+KILL_DAY = "2010-12-09"
+
+
+def test_a_task_marked_failed_stops_its_operations_on_the_server_and_publishes_nothing(airflow, spark):
+    from include.config import Settings
+    from include.spark import session_id_for
+    from include.tools import spark_connect
+    from spark_jobs import tables
+
+    stack, env, root = airflow
+    settings = Settings.from_env(env)
+    # A day large enough for bronze to be busy on the server for a while.
+    generate_events.main(["--from", KILL_DAY, "--days", "1", "--events-per-day", "400000",
+                          "--landing", str(root / "landing")])
+    published = {name: (tables.version(spark, path) if tables.exists(spark, path) else None)
+                 for name, path in ((name, settings.table_path("bronze", name)) for name in ("events", "ingested_files"))}
+    token = stack.token()
+    run_id = f"kill-{KILL_DAY}"
+    stack.api("POST", "/dags/lakehouse_daily/dagRuns", {
+        "dag_run_id": run_id, "logical_date": f"{KILL_DAY}T00:00:00Z", "conf": {"sources": ["events"]}}, token=token)
+    task = f"/dags/lakehouse_daily/dagRuns/{run_id}/taskInstances/events.bronze"
+    session = session_id_for("lakehouse_daily", run_id, "events.bronze", -1, 1)
+
+    def running_statements() -> list[dict]:
+        return [query for query in spark_connect.ui_state(settings, "sql?length=100000&details=false")
+                if query["status"] == "RUNNING" and session in query["description"]]
+
+    deadline = time.monotonic() + 300
+    while not running_statements():
+        assert stack.api("GET", task, token=token)["state"] in (None, "scheduled", "queued", "running"), \
+            "the task ended before its job ran on the server"
+        assert time.monotonic() < deadline, "the task's job never ran on the Connect server"
+        time.sleep(0.5)
+    killed_at = time.monotonic()
+    stack.api("PATCH", task, {"new_state": "failed"}, token=token)
+
+    deadline = time.monotonic() + 120
+    owner = session.replace("-", "")[:12]
+    while True:
+        left = running_statements()
+        cached = [rdd["name"] for rdd in spark_connect.ui_state(settings, "storage/rdd") if owner in rdd["name"]]
+        if not left and not cached:
+            break
+        assert time.monotonic() < deadline, f"still on the server after the kill: {len(left)} running, cached {cached}"
+        time.sleep(1)
+    print(f"events.bronze marked failed: its operations stopped and its cache freed "
+          f"{time.monotonic() - killed_at:.1f} s later")
+    run = wait_for_runs(stack, [run_id])[run_id]
+    assert run["tasks"]["events.bronze"]["state"] == "failed"
+    assert run["tasks"]["events.silver"]["state"] in ("upstream_failed", None)
+    assert {name: (tables.version(spark, path) if tables.exists(spark, path) else None)
+            for name, path in ((name, settings.table_path("bronze", name)) for name in published)} == published

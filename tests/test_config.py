@@ -13,7 +13,7 @@ def test_defaults_keep_everything_inside_the_checkout():
     assert settings.landing == PROJECT_ROOT / "data" / "landing"
     assert settings.warehouse == PROJECT_ROOT / "data" / "warehouse"
     assert settings.airflow_home == PROJECT_ROOT / ".airflow"
-    assert settings.runtime == "local"
+    assert settings.runtime == "connect"
     assert settings.spark_conn_id == "spark_local"
 
 

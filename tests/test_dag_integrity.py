@@ -30,10 +30,9 @@ def test_every_dag_has_tags_docs_and_retries_set(dagbag):
 
 
 def test_lakehouse_daily_runs_bronze_then_silver_then_gold_per_source(dagbag):
-    from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
     from airflow.sdk import CronDataIntervalTimetable
 
-    from include.orchestration import DataDocsLink, pool_name
+    from include.orchestration import DataDocsLink, LayerConnectOperator, pool_name
 
     dag = dagbag.dags["lakehouse_daily"]
     assert isinstance(dag.timetable, CronDataIntervalTimetable)
@@ -45,22 +44,42 @@ def test_lakehouse_daily_runs_bronze_then_silver_then_gold_per_source(dagbag):
         upstream = find.task_id
         for layer in ("bronze", "silver", "gold"):
             job = dag.get_task(f"{source}.{layer}")
-            assert isinstance(job, SparkSubmitOperator)
+            # The default runtime: the job's code in the task, a client of the Spark Connect server.
+            assert isinstance(job, LayerConnectOperator) and job.layer == layer
             assert job.upstream_task_ids == {upstream}
-            assert Path(job.application) == PROJECT_ROOT / "spark_jobs" / f"{layer}.py"
-            assert Path(job.application).is_file()
-            args = job.application_args
+            args = job.job_arguments
             assert args[args.index("--source") + 1] == source
             assert args[args.index("--ingestion-date") + 1] == "{{ ds }}"
-            # The Delta jars make setup keeps, or the package where they are missing.
-            assert (job.packages or "").startswith("io.delta:delta-spark_") or "delta-spark_" in job.jars
-            assert job.conf["spark.sql.extensions"] == "io.delta.sql.DeltaSparkSessionExtension"
             assert job.pool == pool_name(layer)
             assert job.retries == 2 and job.retry_exponential_backoff
             assert [type(link) for link in job.operator_extra_links] == [DataDocsLink]
             assert {asset.name for asset in job.outlets} == {f"{layer}.{table}"
                                                             for table in PUBLISHED_TABLES[(layer, source)]}
             upstream = job.task_id
+
+
+def test_the_spark_submit_runtime_submits_each_layer_s_job_file_with_delta():
+    from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+
+    from include.config import Settings
+    from include.orchestration import DataDocsLink, layer_task, pool_name
+
+    settings = Settings.from_env({"LAKEHOUSE_RUNTIME": "local"})
+    for source in SOURCES:
+        for layer in ("bronze", "silver", "gold"):
+            job = layer_task(layer, source, settings)
+            assert isinstance(job, SparkSubmitOperator)
+            assert Path(job.application) == PROJECT_ROOT / "spark_jobs" / f"{layer}.py"
+            assert Path(job.application).is_file()
+            args = job.application_args
+            assert args[args.index("--source") + 1] == source
+            # The Delta jars make setup keeps, or the package where they are missing.
+            assert (job.packages or "").startswith("io.delta:delta-spark_") or "delta-spark_" in job.jars
+            assert job.conf["spark.sql.extensions"] == "io.delta.sql.DeltaSparkSessionExtension"
+            assert job.pool == pool_name(layer)
+            assert [type(link) for link in job.operator_extra_links] == [DataDocsLink]
+            assert {asset.name for asset in job.outlets} == {f"{layer}.{table}"
+                                                            for table in PUBLISHED_TABLES[(layer, source)]}
 
 
 def test_published_tables_are_the_jobs_tables_and_each_has_a_suite():
@@ -83,7 +102,7 @@ def test_params_have_descriptions_and_full_refresh_reaches_gold(dagbag):
     for name in ("full_refresh", "sources"):
         assert params.get_param(name).description
     gold = dag.get_task("orders.gold")
-    template = gold.application_args[gold.application_args.index("--refresh") + 1]
+    template = gold.job_arguments[gold.job_arguments.index("--refresh") + 1]
     from jinja2 import Template
 
     assert [Template(template).render(params={"full_refresh": value}) for value in (True, False)] == \

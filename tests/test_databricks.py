@@ -52,9 +52,9 @@ def test_the_request_of_each_compute_choice():
                                              "LAKEHOUSE_DATABRICKS_CATALOG": "main"})
     request = run_request(serverless, "silver", "orders", arguments)
     assert request["tasks"][0]["environment_key"] == "lakehouse" and "libraries" not in request["tasks"][0]
-    assert request["tasks"][0]["spark_python_task"]["parameters"][-6:] == [
+    assert request["tasks"][0]["spark_python_task"]["parameters"][-8:] == [
         "--setting", "LAKEHOUSE_CATALOG=main", "--setting", "LAKEHOUSE_LANDING=/Volumes/main/landing/deliveries",
-        "--setting", "LAKEHOUSE_GX_ROOT=/Volumes/main/quality/gx"]
+        "--setting", "LAKEHOUSE_GX_ROOT=/Volumes/main/quality/gx", "--setting", "LAKEHOUSE_CACHE_FRAMES=false"]
     assert request["environments"] == [{"environment_key": "lakehouse",
                                         "spec": {"environment_version": "3", "dependencies": [GX]}}]
     for env, needed in (({}, "LAKEHOUSE_DATABRICKS_NODE_TYPE"),
@@ -139,6 +139,30 @@ def test_the_dag_on_databricks_follows_the_remote_runs(workspace):
     assert TOKEN not in output
     assert workspace.unauthorized == 0
     assert not workspace.cancels()
+
+
+def test_the_dag_on_serverless_compute_submits_environment_tasks_without_a_cluster(workspace):
+    """Serverless jobs compute is Spark Connect only: the same job files, in an environment with GX, no
+    cluster and no libraries, told that there is no cache to keep frames in."""
+    workspace, env = workspace
+    env = {**env, "LAKEHOUSE_DATABRICKS_COMPUTE": "serverless"}
+    before = len(workspace.submits())
+    done = subprocess.run(["airflow", "dags", "test", "lakehouse_daily", DAY, "--conf", json.dumps({"sources": ["orders"]})],
+                          env=env, capture_output=True, text=True, timeout=600)
+    output = done.stdout + done.stderr
+    assert re.findall(r"DagRun Finished: dag_id=lakehouse_daily, logical_date=" + DAY + r".*?state=(\w+)",
+                      output) == ["success"], output[-5000:]
+    submits = workspace.submits()[before:]
+    assert [body["tasks"][0]["task_key"] for body in submits] == ["bronze_orders", "silver_orders", "gold_orders"]
+    for body in submits:
+        (task,) = body["tasks"]
+        assert task["environment_key"] == "lakehouse"
+        assert not {"new_cluster", "existing_cluster_id", "libraries"} & set(task), task
+        assert body["environments"] == [{"environment_key": "lakehouse",
+                                         "spec": {"environment_version": "3", "dependencies": [GX]}}]
+        parameters = task["spark_python_task"]["parameters"]
+        assert parameters[parameters.index("LAKEHOUSE_CACHE_FRAMES=false") - 1] == "--setting"
+    assert TOKEN not in output
 
 
 def test_a_source_without_a_folder_in_the_volume_is_skipped(workspace):

@@ -50,11 +50,9 @@ def _events_day(settings, day: date, blank_user_share: float = 0.0) -> int:
 
 
 def _version(spark, path: str) -> int | None:
-    from delta.tables import DeltaTable
+    from spark_jobs import tables
 
-    if not DeltaTable.isDeltaTable(spark, path):
-        return None
-    return DeltaTable.forPath(spark, path).history(1).collect()[0].version
+    return tables.version(spark, path) if tables.exists(spark, path) else None
 
 
 def _page(message: str) -> Path:

@@ -75,7 +75,7 @@ def healthy(settings: Settings, token: str | None) -> bool:
     if not server_listening(settings, timeout=1):
         return False
     try:
-        spark = connect_session(settings, token=token)
+        spark = connect_session(settings, token=token, current=False)
     except ServerUnavailable:
         return False
     try:

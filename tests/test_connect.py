@@ -1,0 +1,183 @@
+"""The Spark Connect runtime: the server `make spark-connect` starts, the clients the layer tasks are.
+
+- The server listens on 127.0.0.1 only, refuses a client without its token, and its token is on no command
+  line, in no process title and in no log line; a second start reuses it.
+- A task's session is its own: a job's cached frames are released when it ends, and a session's running
+  operations are stopped by `release_session`, as a killed task's or a retry's cleanup does.
+- A task whose server is down fails within seconds, saying how to start the server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from include.config import Settings
+from include.spark import ServerUnavailable, connect_session, release_session, session_id_for
+from include.tools import spark_connect
+from spark_jobs import tables
+from tests.conftest import TEST_SPARK_ENV, connect_server
+from tests.helpers import airflow_env, free_port, prepare_airflow_db
+
+pytestmark = pytest.mark.xdist_group("connect")
+
+
+@pytest.fixture(scope="module")
+def server() -> Settings:
+    return connect_server()
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """The local addresses of the sockets listening on `port` (from /proc/net/tcp and tcp6)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.rsplit(":", 1)
+            if state == "0A" and int(hex_port, 16) == port:
+                found.add(address)
+    return found
+
+
+def test_the_server_listens_on_loopback_only_and_keeps_its_token_out_of_sight(server):
+    token = os.environ["LAKEHOUSE_CONNECT_TOKEN"]
+    pid = spark_connect.running_pid(server)
+    assert pid is not None
+    # IPv4 127.0.0.1, or its IPv6-mapped form, and nothing else.
+    assert _listening_addresses(server.connect_port) <= {"0100007F", "0000000000000000FFFF00000100007F"}, \
+        _listening_addresses(server.connect_port)
+    assert token not in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    assert token not in spark_connect.log_file(server).read_text(errors="replace")
+    assert "127.0.0.1" in " ".join(spark_connect.command(server))
+    with pytest.raises(ServerUnavailable, match="refused this client's token"):
+        connect_session(server, token="not-the-token")
+
+
+def test_a_second_start_reuses_the_running_server(server, capsys):
+    pid = spark_connect.running_pid(server)
+    assert spark_connect.start(server) is False
+    assert spark_connect.running_pid(server) == pid
+    assert "reusing it" in capsys.readouterr().out
+
+
+def test_a_job_releases_what_it_cached_and_a_session_s_cleanup_stops_its_operations(server):
+    from pyspark.sql import functions as F
+
+    session_id = session_id_for("test", "cleanup", time.time())
+    spark = connect_session(server, session_id, tag="lakehouse test cleanup")
+    owner = tables.owner(spark)
+    frame = tables.cache(spark.range(1000).withColumn("twice", F.col("id") * 2))
+    assert frame.count() == 1000
+    assert any(owner in rdd["name"] for rdd in spark_connect.ui_state(server, "storage/rdd"))
+
+    # A long operation of that session, from another thread, as a task's job would run it.
+    failure = []
+    worker = threading.Thread(target=lambda: _run_long(spark, failure))
+    worker.start()
+    deadline = time.monotonic() + 60
+    while not [query for query in spark_connect.ui_state(server, "sql?length=100000&details=false")
+               if query["status"] == "RUNNING" and session_id in query["description"]]:
+        assert time.monotonic() < deadline, "the operation never started"
+        time.sleep(0.2)
+    interrupted = release_session(server, session_id)  # a new client, as a killed task's cleanup
+    worker.join(60)
+    assert interrupted and not worker.is_alive() and failure, "the operation was not stopped"
+    assert not [query for query in spark_connect.ui_state(server, "sql?length=100000&details=false")
+                if query["status"] == "RUNNING" and session_id in query["description"]]
+    assert not [rdd for rdd in spark_connect.ui_state(server, "storage/rdd") if owner in rdd["name"]]
+    assert release_session(server, session_id) == [], "a second cleanup of the same session has nothing to do"
+
+
+def _run_long(spark, failure: list) -> None:
+    from pyspark.sql import functions as F
+
+    try:
+        spark.range(0, 10**11, numPartitions=2).select(F.sum(F.col("id") % 7)).collect()
+    except Exception as error:
+        failure.append(error)
+
+
+def test_a_session_s_frames_are_released_when_its_job_ends(server, tmp_path):
+    from include.sources import ORDERS
+    from spark_jobs.bronze import JOB
+
+    settings = Settings.from_env({**TEST_SPARK_ENV, "LAKEHOUSE_LANDING": str(tmp_path / "landing"),
+                                  "LAKEHOUSE_WAREHOUSE": str(tmp_path / "warehouse")})
+    folder = settings.landing_dir("orders", "2010-12-01")
+    folder.mkdir(parents=True)
+    (folder / "day.csv").write_text(f"{ORDERS.header}\n536365,85123A,WHITE HANGING HEART,6,2010-12-01 08:26:00,"
+                                    f"2.55,17850,United Kingdom\n")
+    spark = connect_session(settings, session_id_for("test", "job", time.time()))
+    owner = tables.owner(spark)
+    try:
+        os.environ.update({"LAKEHOUSE_LANDING": str(settings.landing), "LAKEHOUSE_WAREHOUSE": str(settings.warehouse)})
+        JOB.execute(["--source", "orders", "--ingestion-date", "2010-12-01"], spark=spark)
+        assert tables.release_cached(spark) == 0, "the job left cached frames in its session"
+    finally:
+        for name in ("LAKEHOUSE_LANDING", "LAKEHOUSE_WAREHOUSE"):
+            os.environ.pop(name, None)
+        spark.stop()
+    assert not [rdd for rdd in spark_connect.ui_state(settings, "storage/rdd") if owner in rdd["name"]]
+
+
+def test_a_task_whose_server_is_down_fails_within_seconds_and_says_how_to_start_it(tmp_path, sample_orders_dir):
+    from include.tools import stage_orders
+
+    stage_orders.main(["--from", "2010-12-01", "--days", "1", "--landing", str(tmp_path / "landing")])
+    env = airflow_env(tmp_path / "airflow", LAKEHOUSE_LANDING=str(tmp_path / "landing"),
+                      LAKEHOUSE_WAREHOUSE=str(tmp_path / "warehouse"), LAKEHOUSE_CONNECT_PORT=str(free_port()),
+                      LAKEHOUSE_TASK_RETRIES="0")
+    prepare_airflow_db(env)
+    done = subprocess.run(["airflow", "dags", "test", "lakehouse_daily", "2010-12-01", "--conf",
+                           json.dumps({"sources": ["orders"]})], env=env, capture_output=True, text=True, timeout=600)
+    output = done.stdout + done.stderr
+    assert "state=failed" in output and "does not answer" in output and "make spark-connect" in output, output[-3000:]
+    started = _task_time(output, "starting", "orders.bronze")
+    ended = _task_time(output, "end task", "orders.bronze")
+    assert ended - started < 15, f"the task took {ended - started:.1f} s to fail"
+    assert os.environ["LAKEHOUSE_CONNECT_TOKEN"] not in output
+
+
+def _task_time(output: str, event: str, task_id: str) -> float:
+    """When `airflow dags test` logged the start or end of a task (epoch seconds)."""
+    from datetime import datetime
+
+    for line in output.splitlines():
+        if f"[DAG TEST] {event} task_id={task_id} " in line:
+            return datetime.fromisoformat(line.split()[0].replace("Z", "+00:00")).timestamp()
+    raise AssertionError(f"no '{event}' of {task_id} in the output")
+
+
+def test_without_a_cache_the_jobs_publish_the_same_tables(server, tmp_path, spark, sample_orders_dir):
+    """As on Databricks serverless compute (Spark Connect without a cache): LAKEHOUSE_CACHE_FRAMES=false."""
+    import gzip
+
+    from include.sources import ORDERS
+    from spark_jobs.bronze import run_bronze
+    from spark_jobs.gold import run_gold
+    from spark_jobs.silver import run_silver
+    from tests.helpers import published_tables
+
+    lines = gzip.open(sample_orders_dir / "2010-12-01.csv.gz", "rt").read().splitlines()[:400]
+    folder = tmp_path / "landing" / "orders" / "2010-12-01"
+    folder.mkdir(parents=True)
+    (folder / "day.csv").write_text("\n".join(lines) + "\n")
+    day = __import__("datetime").date(2010, 12, 1)
+    published = {}
+    for cache in ("true", "false"):
+        settings = Settings.from_env({**TEST_SPARK_ENV, "LAKEHOUSE_LANDING": str(tmp_path / "landing"),
+                                      "LAKEHOUSE_WAREHOUSE": str(tmp_path / f"warehouse-{cache}")})
+        os.environ["LAKEHOUSE_CACHE_FRAMES"] = cache
+        try:
+            for run in (run_bronze, run_silver, run_gold):
+                run(spark, settings, ORDERS, day, "run")
+        finally:
+            os.environ.pop("LAKEHOUSE_CACHE_FRAMES")
+        published[cache] = published_tables(spark, settings.warehouse, "orders")
+    assert published["false"] == published["true"] and published["true"]["silver.orders"]
