@@ -75,6 +75,8 @@ def airflow(tmp_path_factory):
     stage_orders.main(["--from", REAL_DAYS[0].isoformat(), "--to", REST_DAY, "--landing", str(landing)])
     connect_server()  # the tests' Spark Connect server, which the layer tasks use
     airflow_stack.start(stack, env)
+    # Runs triggered through the REST API start only on an unpaused DAG, whichever test runs first.
+    stack.api("PATCH", "/dags/lakehouse_daily", {"is_paused": False}, token=stack.token())
     yield stack, env, root
     airflow_stack.stop(stack, timeout=5)  # a test's leftovers need no grace
 

@@ -254,3 +254,30 @@ def test_the_benchmark_splits_the_events_end_to_end_time_into_fixed_cost_and_wor
     assert "| work that grows with the rows (the rest) | 103.0 | 6.4 |" in lines
     assert "| **end to end** | 160.0 | 10.0 |" in lines
     assert _fixed_share({**figures, "fixed": None}) == [], "nothing to split without the tiny run"
+
+
+def test_airflow_s_task_processes_are_forked_with_the_task_libraries_imported(tmp_path):
+    """The stack's executor imports Great Expectations and the Connect client in the scheduler before it
+    forks its workers, so a layer task does not pay their import; a library that cannot be imported is
+    left to the task to report."""
+    import os
+    import subprocess
+    import sys
+
+    from include.airflow_executor import preload
+    from include.tools.airflow_stack import EXECUTOR, Stack
+
+    assert Stack(home=tmp_path, port=8793).environment({})["AIRFLOW__CORE__EXECUTOR"] == EXECUTOR
+    assert preload(("json", "no_such_library_here")) == ["no_such_library_here"]
+    script = (
+        "import sys\n"
+        "from include.airflow_executor import PRELOADED, LakehouseLocalExecutor\n"
+        "assert 'great_expectations' not in sys.modules\n"
+        "executor = LakehouseLocalExecutor(parallelism=1)\n"
+        "executor.start()\n"
+        "print('preloaded:', sorted(name for name in PRELOADED if name in sys.modules) == sorted(PRELOADED))\n"
+        "executor.end()\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "AIRFLOW_HOME": str(tmp_path)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "preloaded: True" in done.stdout.splitlines()

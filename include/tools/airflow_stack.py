@@ -32,6 +32,7 @@ DAG_ID = "lakehouse_daily"
 # Longer waits for SQLite's write lock (see include/airflow_sqlite.py).
 SQLITE_CONNECT_ARGS = "include.airflow_sqlite.CONNECT_ARGS"
 USER = "admin"
+EXECUTOR = "include.airflow_executor.LakehouseLocalExecutor"
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,8 @@ class Stack:
         env.setdefault("AIRFLOW__API__BASE_URL", self.url)
         # The UI on this machine only, unless the environment says otherwise.
         env.setdefault("AIRFLOW__API__HOST", "127.0.0.1")
+        # Task processes forked with Great Expectations and the Spark Connect client already imported.
+        env.setdefault("AIRFLOW__CORE__EXECUTOR", EXECUTOR)
         if env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "sqlite").startswith("sqlite"):
             for suffix in ("", "_ASYNC"):
                 env.setdefault(f"AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS{suffix}", SQLITE_CONNECT_ARGS)
