@@ -110,15 +110,15 @@ def _scores(scores: tuple[int, ...]) -> str:
 
 
 def test_the_readme_states_the_segment_and_tier_rules_the_code_applies():
-    readme = (PROJECT_ROOT / "README.md").read_text()
+    readme = (PROJECT_ROOT / "docs" / "layers.md").read_text()
     for name, recency, frequency in SEGMENTS:
         row = rf"\|\s*{name}\s*\|\s*{_scores(recency)}\s*\|\s*{_scores(frequency)}\s*\|"
-        assert re.search(row, readme), f"README has no segment row for {name}"
+        assert re.search(row, readme), f"docs/layers.md has no segment row for {name}"
     for name, lowest in VALUE_TIERS:
-        assert re.search(rf"\|\s*{name}\s*\|\s*{lowest}\b", readme), f"README has no value tier row for {name}"
+        assert re.search(rf"\|\s*{name}\s*\|\s*{lowest}\b", readme), f"docs/layers.md has no value tier row for {name}"
     for name, limit in PRODUCT_TIERS:
         row = rf"\|\s*{name}\s*\|\s*under {int(D(limit) * 100)}\s*%"
-        assert re.search(row, readme), f"README has no product tier row for {name}"
+        assert re.search(row, readme), f"docs/layers.md has no product tier row for {name}"
     assert re.search(rf"\|\s*{SLOW_TIER}\s*\|", readme)
 
 

@@ -72,7 +72,7 @@ days (20,000 lines, --defect-rate 0.02), the real order days 2010-12-01 and 2010
 deliveries of odd lines (CRLF, BOM, repeated headers, empty lines, quotes, bytes that are not UTF-8,
 prices and times at their limits): bronze, silver, quarantine, fingerprints, both dimensions and all
 seven marts equal row for row. Over all 305 real order days silver and the dimensions come to the
-figures of the README's "Silver" section. A generated 2M-line event day takes about 6 s in bronze,
+figures of docs/layers.md's "Silver" section. A generated 2M-line event day takes about 6 s in bronze,
 11 s in silver and 1.5 s in gold on the project's 2-core machine (while busy), at 1.6 GB peak memory.
 """
 
