@@ -309,9 +309,10 @@ def test_a_task_marked_failed_stops_its_operations_on_the_server_and_publishes_n
 
     def published() -> dict[str, int]:
         """The killed date's rows in bronze (other tests' runs may write other dates meanwhile)."""
-        return {name: (tables.read(spark, path).where(f"_ingestion_date = DATE'{KILL_DAY}'").count()
+        columns = {"events": "_ingestion_date", "ingested_files": "source = 'events' AND ingestion_date"}
+        return {name: (tables.read(spark, path).where(f"{column} = DATE'{KILL_DAY}'").count()
                        if tables.exists(spark, path) else 0)
-                for name, path in ((name, settings.table_path("bronze", name)) for name in ("events", "ingested_files"))}
+                for name, column in columns.items() for path in [settings.table_path("bronze", name)]}
 
     before = published()
     token = stack.token()
