@@ -303,8 +303,9 @@ def test_a_task_marked_failed_stops_its_operations_on_the_server_and_publishes_n
 
     stack, env, root = airflow
     settings = Settings.from_env(env)
-    # A day large enough for bronze to be busy on the server for a while.
-    generate_events.main(["--from", KILL_DAY, "--days", "1", "--events-per-day", "400000",
+    # A day large enough for bronze to be busy on the server well beyond the few seconds a task takes to learn
+    # that it was marked failed (its next heartbeat) and stop.
+    generate_events.main(["--from", KILL_DAY, "--days", "1", "--events-per-day", "1000000",
                           "--landing", str(root / "landing")])
 
     def published() -> dict[str, int]:

@@ -70,6 +70,9 @@ class Stack:
         env.setdefault("AIRFLOW__API__HOST", "127.0.0.1")
         # Task processes forked with Great Expectations and the Spark Connect client already imported.
         env.setdefault("AIRFLOW__CORE__EXECUTOR", EXECUTOR)
+        # A task marked failed in the UI learns it at its next heartbeat: every 2 s rather than 5, so that its
+        # job stops on the Spark server before it gets further (a heartbeat is one small request to the API).
+        env.setdefault("AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL", "2")
         if env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "sqlite").startswith("sqlite"):
             for suffix in ("", "_ASYNC"):
                 env.setdefault(f"AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS{suffix}", SQLITE_CONNECT_ARGS)
