@@ -29,7 +29,7 @@ RUN_DAYS ?= 3
 RUN_EVENTS_PER_DAY ?= 20000
 RUN_FIRST_DAY ?= 2010-12-01
 
-.PHONY: help setup run test test-slow bench browser dag-test airflow airflow-stop backfill airflow-db spark-connect \
+.PHONY: help setup run test test-slow test-faults bench browser dag-test airflow airflow-stop backfill airflow-db spark-connect \
 	spark-connect-stop spark-cluster spark-cluster-stop clean
 
 help:
@@ -37,6 +37,7 @@ help:
 	@echo "make run                     stage real orders and generated events, run lakehouse_daily, show the tables"
 	@echo "make test                    run the test suite (all but the tests marked slow)"
 	@echo "make test-slow               run the slow acceptance tests"
+	@echo "make test-faults             run the fault suite (its fast cases are in make test)"
 	@echo "make bench [BENCH_ARGS=...]  the benchmark: layers, DuckDB on the same input, growth, fixed cost (bench-results/)"
 	@echo "make dag-test DATE=YYYY-MM-DD run lakehouse_daily for one ingestion date (airflow dags test)"
 	@echo "make airflow                 start Airflow in the background: UI on localhost:8080, login printed"
@@ -145,6 +146,11 @@ test: setup browser
 # reruns, generated event days through gold in and out of order, the history bench on three small days.
 test-slow: setup browser
 	python -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=12 -m slow
+
+# The fault suite (tests/test_faults.py): broken configuration, empty and odd deliveries, a moved warehouse,
+# and its slow cases; `make test` runs its fast cases.
+test-faults: setup
+	python -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=12 -m faults
 
 # The benchmark (include/tools/bench.py): about an hour on 2 cores with the defaults; BENCH_ARGS="--help"
 # lists its options, e.g.

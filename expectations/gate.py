@@ -30,6 +30,7 @@ from urllib.parse import unquote
 
 import yaml
 
+from include.config import ConfigurationError
 from include.sources import validation_run_name
 from include.tools import data_docs_assets
 
@@ -58,8 +59,8 @@ class GateFailed(RuntimeError):
     """A layer's output for a date broke its expectations: not published, and not worth retrying."""
 
 
-class SuiteError(ValueError):
-    """A suite file that cannot be read as a suite."""
+class SuiteError(ConfigurationError):
+    """A suite file that cannot be read as a suite: the project's configuration, not the data, is wrong."""
 
 
 @dataclass(frozen=True)

@@ -91,12 +91,22 @@ QUICK_COMPILER = "-XX:TieredStopAtLevel=1"
 INGESTED_FILES_TABLE = ("bronze", "ingested_files")
 
 
+class ConfigurationError(ValueError):
+    """The lakehouse is set up wrongly (a setting, a suite file, a job's command line), not its data: running
+    the job again changes nothing until someone fixes the configuration. Layer jobs exit with
+    CONFIGURATION_EXIT_STATUS on it, and the DAG's tasks fail without retries, saying so."""
+
+
+# A layer job's exit status for a configuration error (2 is refused input: spark_jobs/common.py).
+CONFIGURATION_EXIT_STATUS = 3
+
+
 def _flag(value: str) -> bool:
     if value.strip().lower() in ("1", "true", "yes", "on"):
         return True
     if value.strip().lower() in ("0", "false", "no", "off"):
         return False
-    raise ValueError(f"expected true or false, got {value!r}")
+    raise ConfigurationError(f"expected true or false, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -138,29 +148,33 @@ class Settings:
 
         runtime = env.get("LAKEHOUSE_RUNTIME", "connect") or "connect"
         if runtime not in RUNTIMES:
-            raise ValueError(f"LAKEHOUSE_RUNTIME={runtime!r}: expected one of {', '.join(RUNTIMES)}")
-        try:
-            partitions = int(env.get("LAKEHOUSE_SHUFFLE_PARTITIONS", "4"))
-            gates = _flag(env.get("LAKEHOUSE_GATES", "true"))
-            spark_ui = _flag(env.get("LAKEHOUSE_SPARK_UI", "true"))
-            catchup = _flag(env.get("LAKEHOUSE_CATCHUP", "false"))
-            start_date = date.fromisoformat(env.get("LAKEHOUSE_START_DATE", "2010-12-01"))
-            max_active_runs = int(env.get("LAKEHOUSE_MAX_ACTIVE_RUNS", "3"))
-            task_retries = int(env.get("LAKEHOUSE_TASK_RETRIES", "2"))
-            cores_max = int(env["LAKEHOUSE_SPARK_CORES_MAX"]) if env.get("LAKEHOUSE_SPARK_CORES_MAX") else None
-            connect_port = int(env.get("LAKEHOUSE_CONNECT_PORT", "15002"))
-            connect_ui_port = int(env.get("LAKEHOUSE_CONNECT_UI_PORT", "4040"))
-        except ValueError as error:
-            raise ValueError(f"bad setting in the environment: {error}") from None
+            raise ConfigurationError(f"LAKEHOUSE_RUNTIME={runtime!r}: expected one of {', '.join(RUNTIMES)}")
+        def read(name: str, default: str, parse):
+            value = env.get(name, default)
+            try:
+                return parse(value if value != "" else default)
+            except ValueError as error:
+                raise ConfigurationError(f"{name}={value!r}: {error}") from None
+
+        partitions = read("LAKEHOUSE_SHUFFLE_PARTITIONS", "4", int)
+        gates = read("LAKEHOUSE_GATES", "true", _flag)
+        spark_ui = read("LAKEHOUSE_SPARK_UI", "true", _flag)
+        catchup = read("LAKEHOUSE_CATCHUP", "false", _flag)
+        start_date = read("LAKEHOUSE_START_DATE", "2010-12-01", date.fromisoformat)
+        max_active_runs = read("LAKEHOUSE_MAX_ACTIVE_RUNS", "3", int)
+        task_retries = read("LAKEHOUSE_TASK_RETRIES", "2", int)
+        cores_max = read("LAKEHOUSE_SPARK_CORES_MAX", "", lambda value: int(value) if value else None)
+        connect_port = read("LAKEHOUSE_CONNECT_PORT", "15002", int)
+        connect_ui_port = read("LAKEHOUSE_CONNECT_UI_PORT", "4040", int)
         quick_compiler_mb = env.get("LAKEHOUSE_QUICK_COMPILER_MB", "16")
         try:
             quick_compiler_bytes = int(float(quick_compiler_mb) * 1024 * 1024)
         except (ValueError, OverflowError):
             quick_compiler_bytes = -1
         if quick_compiler_bytes < 0:
-            raise ValueError(f"LAKEHOUSE_QUICK_COMPILER_MB={quick_compiler_mb!r}: expected 0 or more megabytes")
+            raise ConfigurationError(f"LAKEHOUSE_QUICK_COMPILER_MB={quick_compiler_mb!r}: expected 0 or more megabytes")
         if max_active_runs < 1 or task_retries < 0:
-            raise ValueError(f"LAKEHOUSE_MAX_ACTIVE_RUNS={max_active_runs} must be at least 1 and "
+            raise ConfigurationError(f"LAKEHOUSE_MAX_ACTIVE_RUNS={max_active_runs} must be at least 1 and "
                              f"LAKEHOUSE_TASK_RETRIES={task_retries} at least 0")
         warehouse = path("LAKEHOUSE_WAREHOUSE", PROJECT_ROOT / "data" / "warehouse")
         gx_root = path("LAKEHOUSE_GX_ROOT", warehouse.parent)
@@ -170,9 +184,9 @@ class Settings:
             try:
                 shares[source] = float(env.get(name, default))
             except ValueError:
-                raise ValueError(f"{name}={env[name]!r}: expected a share between 0 and 1") from None
+                raise ConfigurationError(f"{name}={env[name]!r}: expected a share between 0 and 1") from None
             if not 0 <= shares[source] <= 1:
-                raise ValueError(f"{name}={env[name]!r}: expected a share between 0 and 1")
+                raise ConfigurationError(f"{name}={env[name]!r}: expected a share between 0 and 1")
         return cls(
             landing=path("LAKEHOUSE_LANDING", PROJECT_ROOT / "data" / "landing"),
             warehouse=warehouse,
@@ -213,14 +227,14 @@ class Settings:
 
     def table_path(self, layer: str, table: str) -> str:
         if layer not in LAYERS:
-            raise ValueError(f"unknown layer {layer!r}; layers are {', '.join(LAYERS)}")
+            raise ConfigurationError(f"unknown layer {layer!r}; layers are {', '.join(LAYERS)}")
         return str(self.warehouse / layer / table)
 
     def table_location(self, layer: str, table: str) -> str:
         """Where the jobs find a table: `<catalog>.<layer>.<table>` with LAKEHOUSE_CATALOG set, else its path."""
         if self.catalog:
             if layer not in LAYERS:
-                raise ValueError(f"unknown layer {layer!r}; layers are {', '.join(LAYERS)}")
+                raise ConfigurationError(f"unknown layer {layer!r}; layers are {', '.join(LAYERS)}")
             return f"{self.catalog}.{layer}.{table}"
         return self.table_path(layer, table)
 
@@ -350,7 +364,7 @@ def spark_submit_command(settings: Settings, layer: str, arguments: list[str], n
 def _catalog(value: str) -> str | None:
     value = value.strip()
     if value and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
-        raise ValueError(f"LAKEHOUSE_CATALOG={value!r}: expected a catalog name (letters, digits, underscores)")
+        raise ConfigurationError(f"LAKEHOUSE_CATALOG={value!r}: expected a catalog name (letters, digits, underscores)")
     return value or None
 
 

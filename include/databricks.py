@@ -46,7 +46,8 @@ from airflow.providers.databricks.hooks.databricks import DatabricksHook, RunSta
 from airflow.providers.databricks.operators.databricks import DatabricksSubmitRunOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from spark_jobs.common import REFUSED
+from include.orchestration import misconfigured
+from spark_jobs.common import MISCONFIGURED, REFUSED
 
 COMPUTES = ("job_cluster", "existing", "serverless")
 ENVIRONMENT_KEY = "lakehouse"
@@ -209,6 +210,8 @@ class LayerDatabricksOperator(DatabricksSubmitRunOperator):
                 raise AirflowFailException(
                     f"{self.layer} {self.source} refused its input on Databricks (the run's error is above): "
                     "not retried, the same data would be refused again") from error
+            if MISCONFIGURED in str(error):
+                raise AirflowFailException(misconfigured(self.layer, self.source, "on Databricks")) from error
             raise
 
 

@@ -16,7 +16,9 @@ from pathlib import Path
 
 from include.sources import Source
 
-DATA_SUFFIXES = (".csv", ".csv.gz")
+DATA_SUFFIXES = (".csv", ".csv.gz")  # matched whatever their case: DAY.CSV and DAY.CSV.GZ are deliveries too
+# A delivery folder holding this file is empty on purpose: its date may go from rows to none.
+EMPTY_MARKER = "_EMPTY"
 BOM = "\ufeff"
 
 
@@ -40,7 +42,11 @@ class DeliveredFile:
 
 
 def is_data_file(path: Path) -> bool:
-    return path.is_file() and path.name.endswith(DATA_SUFFIXES) and not path.name.startswith((".", "_"))
+    return path.is_file() and path.name.lower().endswith(DATA_SUFFIXES) and not path.name.startswith((".", "_"))
+
+
+def is_gzip(path: Path) -> bool:
+    return path.name.lower().endswith(".gz")
 
 
 def list_delivery(folder: Path) -> tuple[list[Path], list[Path]]:
@@ -57,7 +63,7 @@ def inspect_file(path: Path, source: Source, landing_root: Path) -> DeliveredFil
     size = 0
     with path.open("rb") as raw:
         hashing = _HashingReader(raw, digest)
-        stream = gzip.GzipFile(fileobj=hashing) if path.name.endswith(".gz") else hashing
+        stream = gzip.GzipFile(fileobj=hashing) if is_gzip(path) else hashing
         reader = io.BufferedReader(stream, buffer_size=1 << 20)
         try:
             first = reader.readline()
@@ -123,7 +129,7 @@ def _line_text(line: bytes, where: str) -> str:
 
 
 def _kind(path: Path) -> str:
-    return "gzip-compressed CSV" if path.name.endswith(".gz") else "CSV"
+    return "gzip-compressed CSV" if is_gzip(path) else "CSV"
 
 
 class _HashingReader(io.RawIOBase):

@@ -24,7 +24,17 @@ from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOpe
 from airflow.sdk import Asset, BaseOperator, BaseOperatorLink
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from include.config import LAYERS, PROJECT_ROOT, QUICK_COMPILER, Settings, delta_jars, delta_package, get_settings
+from include.config import (
+    CONFIGURATION_EXIT_STATUS,
+    LAYERS,
+    PROJECT_ROOT,
+    QUICK_COMPILER,
+    ConfigurationError,
+    Settings,
+    delta_jars,
+    delta_package,
+    get_settings,
+)
 from include.sources import PUBLISHED_TABLES, validation_run_name
 
 # A job that refuses its input (a failed gate, a delivery it cannot read) exits with this status.
@@ -54,12 +64,25 @@ def data_docs_run_url(run_name: str) -> str:
 
 def table_asset(settings: Settings, layer: str, table: str, databricks=None) -> Asset:
     """The Airflow Asset of one published Delta table: its path, or on Databricks its Unity Catalog table
-    in the Databricks provider's form, databricks://<workspace host>/<catalog>/<schema>/<table>."""
+    in the Databricks provider's form, databricks://<workspace host>/<catalog>/<schema>/<table>.
+
+    The name says where the table is, not only which: Airflow activates an asset only while no active asset
+    has its name or its URI, and only a scheduler retires assets no DAG uses any more. Named `bronze.orders`
+    alone, the tables of a warehouse moved elsewhere would stay inactive (their runs warned of inactive
+    assets and recorded no asset events) until a scheduler ran; a table elsewhere is another asset."""
     if databricks is not None:
         uri = f"databricks://{databricks.host}/{databricks.catalog}/{layer}/{table}"
+        where = f"{databricks.host}/{databricks.catalog}"
     else:
         uri = f"file://{settings.table_path(layer, table)}"
-    return Asset(name=f"{layer}.{table}", uri=uri, group="lakehouse")
+        where = str(settings.warehouse)
+    return Asset(name=f"{layer}.{table} in {where}", uri=uri, group="lakehouse")
+
+
+def misconfigured(layer: str, source: str, detail: str) -> str:
+    """The failure of a task whose job found the lakehouse's configuration wrong."""
+    return (f"{layer} {source} stopped on a configuration error ({detail}; the job's log says what): not retried, "
+            f"a retry would meet the same configuration; fix it, then clear the task")
 
 
 def job_parameters(source: str, options: list[str] | None = None) -> list[str]:
@@ -167,6 +190,8 @@ class LayerConnectOperator(BaseOperator):
             raise AirflowFailException(
                 f"{self.layer} {self.source} refused its input (the reason is logged above): not retried, the same "
                 f"data would be refused again") from error
+        except ConfigurationError as error:
+            raise AirflowFailException(misconfigured(self.layer, self.source, str(error))) from error
         except Exception as error:
             if not server_listening(settings):
                 raise AirflowException(unavailable_message(settings)) from error
@@ -248,6 +273,9 @@ class LayerJobOperator(SparkSubmitOperator):
                 raise AirflowFailException(
                     f"{self.layer} {self.source} refused its input (exit status {REFUSED_EXIT_STATUS}; the reason "
                     f"is logged above): not retried, the same data would be refused again") from error
+            if self._exit_status() == CONFIGURATION_EXIT_STATUS:
+                raise AirflowFailException(misconfigured(self.layer, self.source,
+                                                         f"exit status {CONFIGURATION_EXIT_STATUS}")) from error
             raise
 
     def _exit_status(self) -> int | None:

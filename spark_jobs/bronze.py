@@ -25,7 +25,7 @@ if __package__ in (None, ""):
 
 from expectations.gate import Check, GateFailed, audit
 from include.config import INGESTED_FILES_TABLE, Settings
-from include.landing import DeliveredFile, DeliveryError, inspect_file, list_delivery
+from include.landing import EMPTY_MARKER, DeliveredFile, DeliveryError, inspect_file, list_delivery
 from include.sources import Source
 from spark_jobs import tables as store
 from spark_jobs.common import LayerJob, observed, replace_partition
@@ -63,13 +63,16 @@ def run_bronze(spark, settings: Settings, source: Source, ingestion_date: date, 
         raise DeliveryError(f"no {source.name} delivery for {ingestion_date}: {folder} does not exist")
     paths, ignored = list_delivery(folder)
     for entry in ignored:
-        log.warning("ignoring %s: only .csv and .csv.gz files are deliveries", entry)
+        if entry.name != EMPTY_MARKER:
+            log.warning("ignoring %s: only .csv and .csv.gz files are deliveries", entry)
     if not paths:
         log.warning("%s holds no .csv or .csv.gz file: an empty delivery", folder)
 
     delivered = [inspect_file(path, source, settings.landing) for path in paths]
     inspected = time.monotonic()
     expected_rows = sum(item.data_lines for item in delivered)
+    if expected_rows == 0:
+        _refuse_to_empty(spark, settings, source, ingestion_date, folder, len(delivered))
     for item in delivered:
         log.info("%s: %s bytes, %s data lines, sha256 %s", item.relative_path, f"{item.size_bytes:,}",
                  f"{item.data_lines:,}", item.sha256)
@@ -124,6 +127,23 @@ def run_bronze(spark, settings: Settings, source: Source, ingestion_date: date, 
              "writing, %.1f s recording the files", result.source, result.ingestion_date, inspected - started,
              audited - inspected, validation_seconds, written - audited, time.monotonic() - written)
     return result
+
+
+def _refuse_to_empty(spark, settings: Settings, source: Source, ingestion_date: date, folder: Path,
+                     files: int) -> None:
+    """A delivery without data lines may not replace a date that holds rows, unless its folder says that the
+    date is empty on purpose (EMPTY_MARKER): a sender's failed export looks just like that."""
+    from pyspark.sql import functions as F
+
+    table = settings.table_location("bronze", source.name)
+    if (folder / EMPTY_MARKER).exists() or not store.exists(spark, table):
+        return
+    held = store.read(spark, table).where(F.col("_ingestion_date") == F.lit(ingestion_date)).count()
+    if held:
+        raise DeliveryError(
+            f"the {source.name} delivery for {ingestion_date} has no data lines ({files} file(s) in {folder}) but "
+            f"bronze holds {held:,} rows for that date: refusing to replace them with nothing. If the date is "
+            f"empty on purpose, put an empty file named {EMPTY_MARKER} in {folder} and run the date again")
 
 
 def _read_lines(spark, delivered: list[DeliveredFile]):

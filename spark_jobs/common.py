@@ -26,6 +26,10 @@ RESULT_MARK = "lakehouse job result:"
 _IMPORTED_AT = time.time()
 
 
+# How a configuration error reads where the exit status does not reach the orchestrator.
+MISCONFIGURED = "ConfigurationError"
+
+
 class RefusedInput(RuntimeError):
     """The job refused its input (a failed gate, an unreadable delivery): running it again changes nothing."""
 
@@ -38,13 +42,23 @@ def _setting(text: str) -> tuple[str, str]:
     return name, value
 
 
+class _Parser(argparse.ArgumentParser):
+    """A bad command line is a configuration error (exit status 3), not argparse's exit status 2, which a
+    layer job's caller reads as refused input."""
+
+    def error(self, message):
+        from include.config import ConfigurationError
+
+        raise ConfigurationError(f"{self.prog}: {message}")
+
+
 def job_arguments(description: str, argv: list[str] | None = None,
                   extra_arguments: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
     """`--source` and `--ingestion-date` (and a layer's own options), the same under spark-submit and as a
     Databricks task."""
     from include.sources import SOURCES
 
-    parser = argparse.ArgumentParser(description=description)
+    parser = _Parser(description=description)
     parser.add_argument("--source", required=True, choices=sorted(SOURCES), help="which delivery to load")
     parser.add_argument(
         "--ingestion-date",
@@ -102,21 +116,28 @@ class LayerJob:
         """The job as a program (spark-submit, a Databricks task, `python spark_jobs/<layer>.py` with
         LAKEHOUSE_RUNTIME=connect). Refused input is logged as one line and exits with status 2 - or, on
         Databricks, where a task's exit status is not reported, raises `RefusedInput`, which the Airflow task
-        reads in the run's output."""
+        reads in the run's output. A configuration error (a setting, a suite file, the command line) is
+        logged the same way and exits with status 3 (on Databricks, raises `ConfigurationError`)."""
+        from include.config import CONFIGURATION_EXIT_STATUS, ConfigurationError
+
         configure_logging()
         try:
             self.execute(argv)
-        except RefusedInput as error:
+        except (RefusedInput, ConfigurationError) as error:
+            if isinstance(error, ConfigurationError):
+                logging.getLogger(f"lakehouse.{self.layer}").error(
+                    "configuration error, not a problem with the data (fix it, then run the job again): %s", error)
             if "DATABRICKS_RUNTIME_VERSION" in os.environ:
                 raise
-            raise SystemExit(2) from error
+            raise SystemExit(CONFIGURATION_EXIT_STATUS if isinstance(error, ConfigurationError) else 2) from error
 
     def execute(self, argv: list[str] | None = None, spark=None):
         """Run the job in this process, on `spark` (a session the caller owns: an Airflow task's session on
         the Connect server) or on the session `get_spark` gives; its result. An expected error is logged as
-        one line and raised as `RefusedInput`. A session opened here on the Connect server is released at the
-        end, its cached frames freed, however the job ends."""
-        from include.config import get_settings
+        one line and raised as `RefusedInput`; a configuration error is raised as it is, even one of the
+        expected kinds. A session opened here on the Connect server is released at the end, its cached frames freed,
+        however the job ends."""
+        from include.config import ConfigurationError, get_settings
         from include.sources import get_source
         from include.spark import get_spark
 
@@ -137,6 +158,8 @@ class LayerJob:
         log = logging.getLogger(f"lakehouse.{self.layer}")
         try:
             result = self.run(spark, settings, source, args.ingestion_date, args.run_id, **options)
+        except ConfigurationError:
+            raise
         except self.expected_errors as error:
             log.error("%s", error)
             raise RefusedInput(f"{self.layer} {source.name} {args.ingestion_date}: {error}") from error

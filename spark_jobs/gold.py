@@ -36,7 +36,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str((Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()).parent))
 
 from expectations.gate import Check, GateFailed, audit
-from include.config import Settings
+from include.config import ConfigurationError, Settings
 from include.sources import Source
 from spark_jobs import tables as store
 from spark_jobs.common import LayerJob, replace_partition
@@ -76,11 +76,11 @@ def run_gold(spark, settings: Settings, source: Source, ingestion_date: date, ru
     from spark_jobs.transforms.gold import marts_of
 
     if refresh not in REFRESH_MODES:
-        raise ValueError(f"refresh must be one of {', '.join(REFRESH_MODES)}, got {refresh!r}")
+        raise ConfigurationError(f"refresh must be one of {', '.join(REFRESH_MODES)}, got {refresh!r}")
     marts = marts_of(source.name)
     unknown = sorted(set(tables or ()) - {mart.table for mart in marts})
     if unknown:
-        raise ValueError(f"no {source.name} gold table named {', '.join(unknown)}; "
+        raise ConfigurationError(f"no {source.name} gold table named {', '.join(unknown)}; "
                          f"its tables are {', '.join(mart.table for mart in marts)}")
     marts = [mart for mart in marts if not tables or mart.table in tables]
 
@@ -366,7 +366,7 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 
 
 JOB = LayerJob("gold", "Bring one source's gold marts up to date with its silver table.", run_gold,
-               expected_errors=(ValueError, GateFailed), extra_arguments=_arguments)
+               expected_errors=(GateFailed,), extra_arguments=_arguments)
 
 
 def main(argv: list[str] | None = None) -> None:

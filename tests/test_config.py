@@ -48,7 +48,7 @@ def test_relative_paths_are_resolved(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("env, message", [
     ({"LAKEHOUSE_RUNTIME": "kubernetes"}, "LAKEHOUSE_RUNTIME='kubernetes'"),
-    ({"LAKEHOUSE_SHUFFLE_PARTITIONS": "many"}, "bad setting"),
+    ({"LAKEHOUSE_SHUFFLE_PARTITIONS": "many"}, "LAKEHOUSE_SHUFFLE_PARTITIONS='many': invalid literal for int"),
     ({"LAKEHOUSE_SPARK_UI": "perhaps"}, "expected true or false"),
     ({"LAKEHOUSE_GATES": "sometimes"}, "expected true or false"),
     ({"LAKEHOUSE_MAX_QUARANTINE_SHARE_EVENTS": "1.5"}, "LAKEHOUSE_MAX_QUARANTINE_SHARE_EVENTS='1.5': expected a share"),
@@ -56,7 +56,9 @@ def test_relative_paths_are_resolved(monkeypatch, tmp_path):
      "LAKEHOUSE_MAX_QUARANTINE_SHARE_ORDERS='half': expected a share"),
 ])
 def test_bad_settings_are_named(env, message):
-    with pytest.raises(ValueError, match=message):
+    from include.config import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match=message):
         Settings.from_env(env)
 
 
@@ -107,8 +109,11 @@ def test_cluster_settings_and_job_settings_from_the_command_line(monkeypatch):
                                    "--setting", "LAKEHOUSE_CATALOG=main",
                                    "--setting", "LAKEHOUSE_LANDING=/Volumes/a=b"])
     assert args.setting == [("LAKEHOUSE_CATALOG", "main"), ("LAKEHOUSE_LANDING", "/Volumes/a=b")]
+    from include.config import ConfigurationError
+
     for bad in ("PATH=/tmp", "LAKEHOUSE_CATALOG", "LAKEHOUSE_BAD-NAME=1"):
-        with pytest.raises(SystemExit):
+        # A configuration error (exit status 3), not argparse's exit status 2, which reads as refused input.
+        with pytest.raises(ConfigurationError, match="--setting: expected LAKEHOUSE_NAME=value"):
             job_arguments("a job", ["--source", "orders", "--ingestion-date", "2010-12-01", "--setting", bad])
 
 

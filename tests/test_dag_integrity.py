@@ -32,7 +32,10 @@ def test_every_dag_has_tags_docs_and_retries_set(dagbag):
 def test_lakehouse_daily_runs_bronze_then_silver_then_gold_per_source(dagbag):
     from airflow.sdk import CronDataIntervalTimetable
 
+    from include.config import get_settings
     from include.orchestration import DataDocsLink, LayerConnectOperator, pool_name
+
+    settings_ = get_settings()  # what the DAG file read
 
     dag = dagbag.dags["lakehouse_daily"]
     assert isinstance(dag.timetable, CronDataIntervalTimetable)
@@ -53,8 +56,10 @@ def test_lakehouse_daily_runs_bronze_then_silver_then_gold_per_source(dagbag):
             assert job.pool == pool_name(layer)
             assert job.retries == 2 and job.retry_exponential_backoff
             assert [type(link) for link in job.operator_extra_links] == [DataDocsLink]
-            assert {asset.name for asset in job.outlets} == {f"{layer}.{table}"
+            assert {asset.name for asset in job.outlets} == {f"{layer}.{table} in {settings_.warehouse}"
                                                             for table in PUBLISHED_TABLES[(layer, source)]}
+            assert {asset.uri for asset in job.outlets} == {f"file://{settings_.table_path(layer, table)}"
+                                                           for table in PUBLISHED_TABLES[(layer, source)]}
             upstream = job.task_id
 
 
@@ -78,7 +83,7 @@ def test_the_spark_submit_runtime_submits_each_layer_s_job_file_with_delta():
             assert job.conf["spark.sql.extensions"] == "io.delta.sql.DeltaSparkSessionExtension"
             assert job.pool == pool_name(layer)
             assert [type(link) for link in job.operator_extra_links] == [DataDocsLink]
-            assert {asset.name for asset in job.outlets} == {f"{layer}.{table}"
+            assert {asset.name for asset in job.outlets} == {f"{layer}.{table} in {settings.warehouse}"
                                                             for table in PUBLISHED_TABLES[(layer, source)]}
 
 
@@ -124,14 +129,16 @@ def test_a_missing_delivery_or_an_unselected_source_skips_the_source(tmp_path, m
 
 
 def test_refused_data_fails_without_retry_and_other_failures_are_retried(monkeypatch):
-    """Exit status 2 (a failed gate, an unreadable delivery) is final; any other failure may be retried."""
+    """Exit status 2 (a failed gate, an unreadable delivery) and 3 (a configuration error) are final; any other
+    failure may be retried."""
     from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
     from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
     from include.orchestration import LayerJobOperator
 
     job = LayerJobOperator(layer="silver", source="events")
-    for status, expected in ((2, AirflowFailException), (1, AirflowException), (137, AirflowException)):
+    for status, expected in ((2, AirflowFailException), (3, AirflowFailException), (1, AirflowException),
+                             (137, AirflowException)):
         def submit(self, context, status=status):
             self._hook = type("Hook", (), {"_submit_sp": type("Process", (), {"returncode": status})()})()
             raise AirflowException(f"Cannot execute: spark-submit ... Error code is: {status}.")
@@ -139,6 +146,8 @@ def test_refused_data_fails_without_retry_and_other_failures_are_retried(monkeyp
         with pytest.raises(AirflowException) as raised:
             job.execute({})
         assert type(raised.value) is expected, status
+        if status == 3:
+            assert "configuration error" in str(raised.value) and "not retried" in str(raised.value)
 
 
 def test_a_small_delivery_s_task_submits_its_job_with_the_quick_compiler(tmp_path, monkeypatch):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import tempfile
 import time
@@ -52,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     gold_days = set(args.gold_days or range(1, args.days + 1))
 
     root = args.root or Path(tempfile.mkdtemp(prefix="lakehouse-history-"))
-    settings = Settings.from_env({"LAKEHOUSE_LANDING": str(root / "landing"),
+    # The environment's other settings hold (the Spark Connect server's port and token among them).
+    settings = Settings.from_env({**os.environ, "LAKEHOUSE_LANDING": str(root / "landing"),
                                   "LAKEHOUSE_WAREHOUSE": str(root / "warehouse"),
                                   "LAKEHOUSE_SPARK_UI": "false"})
     from include.spark import get_spark

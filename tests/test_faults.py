@@ -1,0 +1,152 @@
+"""The fault suite's fast cases: what goes wrong around the data (a broken suite file, a bad setting, an
+empty or unrecognised delivery, a moved warehouse) fails loudly and specifically, and loses nothing.
+
+`make test-faults` runs these with the slow cases (marked `slow` too); `make test` runs these.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from datetime import date
+from types import SimpleNamespace
+
+import pytest
+
+from include.config import ConfigurationError
+from include.sources import ORDERS
+from spark_jobs.bronze import run_bronze
+from spark_jobs.silver import run_silver
+from tests.helpers import deliver
+
+pytestmark = pytest.mark.faults
+
+DAY = date(2010, 12, 1)
+ORDER_LINE = "536365,85123A,WHITE HANGING HEART T-LIGHT HOLDER,6,2010-12-01 08:26:00,2.55,17850,United Kingdom"
+
+
+def _job_arguments(layer: str, *options: str) -> list[str]:
+    return ["--source", "orders", "--ingestion-date", DAY.isoformat(), "--run-id", f"faults-{layer}", *options]
+
+
+def _point_jobs_at(monkeypatch, settings) -> None:
+    """The jobs read their settings from the environment: this test's landing zone and warehouse."""
+    for name, value in (("LAKEHOUSE_LANDING", settings.landing), ("LAKEHOUSE_WAREHOUSE", settings.warehouse),
+                        ("LAKEHOUSE_GX_ROOT", settings.gx_root), ("LAKEHOUSE_DATA_DOCS", settings.data_docs)):
+        monkeypatch.setenv(name, str(value))
+
+
+def test_a_bad_setting_exits_with_the_configuration_status_and_says_so(monkeypatch, capsys):
+    from spark_jobs.bronze import JOB
+
+    monkeypatch.setenv("LAKEHOUSE_GATES", "maybe")
+    with pytest.raises(SystemExit) as exited:
+        JOB.main(_job_arguments("bronze"))
+    assert exited.value.code == 3
+    logged = capsys.readouterr().out  # the job logs to its standard output, as under spark-submit
+    assert "ERROR lakehouse.bronze: configuration error, not a problem with the data" in logged
+    assert "LAKEHOUSE_GATES='maybe': expected true or false" in logged
+
+
+def test_a_broken_suite_file_is_a_configuration_error_not_refused_data(spark, lakehouse, monkeypatch, tmp_path):
+    """A suite file the gate cannot read stops the job as a configuration error (exit status 3, failed
+    without retries, the log saying what to fix), where it used to be reported as refused input (gold) and
+    nothing was written."""
+    from expectations import gate
+    from spark_jobs.gold import JOB as GOLD
+
+    deliver(lakehouse, "orders", DAY.isoformat(), "day.csv", f"{ORDERS.header}\n{ORDER_LINE}\n")
+    ungated = dataclasses.replace(lakehouse, gates=False)
+    run_bronze(spark, ungated, ORDERS, DAY, "bronze")
+    run_silver(spark, ungated, ORDERS, DAY, "silver")
+
+    suites = tmp_path / "suites"
+    shutil.copytree(gate.SUITES_DIR, suites, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    (suites / "gold.daily_sales.yml").write_text(
+        "suite: gold.daily_sales\nexpectations:\n  - expect_column_values_to_be_tasty: {column: revenue}\n")
+    monkeypatch.setattr(gate, "SUITES_DIR", suites)
+    _point_jobs_at(monkeypatch, lakehouse)
+    with pytest.raises(ConfigurationError, match="GX has no expectation 'expect_column_values_to_be_tasty'"):
+        GOLD.execute(_job_arguments("gold"), spark=spark)
+    assert not (lakehouse.warehouse / "gold" / "daily_sales").exists(), "nothing published"
+
+    # A gold option that does not exist is the same kind of error, not refused data.
+    with pytest.raises(ConfigurationError, match="argument --refresh: invalid choice: 'sideways'"):
+        GOLD.execute(_job_arguments("gold", "--refresh", "sideways"), spark=spark)
+
+
+def test_the_connect_task_fails_a_configuration_error_without_retries(spark, lakehouse, monkeypatch):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from include.orchestration import LayerConnectOperator
+
+    _point_jobs_at(monkeypatch, lakehouse)
+    task = LayerConnectOperator(layer="gold", source="orders", settings=lakehouse, options=["--refresh", "sideways"])
+    task.job_arguments = _job_arguments("gold", "--refresh", "sideways")  # as Airflow renders them
+    ti = SimpleNamespace(dag_id="faults", run_id="config", task_id="orders.gold", map_index=-1, try_number=1)
+    with pytest.raises(AirflowFailException, match="configuration error .*invalid choice.*not retried"):
+        task.execute({"ti": ti})
+
+
+def _bronze_rows(spark, settings, day: date) -> int:
+    from spark_jobs import tables
+
+    return tables.read(spark, settings.table_path("bronze", "orders")).where(f"_ingestion_date = '{day}'").count()
+
+
+def test_an_empty_redelivery_does_not_replace_a_date_s_rows_unless_marked_empty(spark, lakehouse):
+    """A header-only file, or a folder without a data file, over a date that holds rows is refused (a
+    sender's failed export looks like that); `_EMPTY` in the folder says the date is empty on purpose.
+    Upper-case suffixes are deliveries too."""
+    import gzip
+
+    from include.landing import DeliveryError
+
+    folder = lakehouse.landing_dir("orders", DAY.isoformat())
+    deliver(lakehouse, "orders", DAY.isoformat(), "DAY.CSV.GZ", gzip.compress(f"{ORDERS.header}\n{ORDER_LINE}\n"
+                                                                               f"{ORDER_LINE}\n".encode()))
+    assert run_bronze(spark, lakehouse, ORDERS, DAY, "upper-case").rows == 2
+
+    for name in folder.iterdir():
+        name.unlink()
+    deliver(lakehouse, "orders", DAY.isoformat(), "day.csv", f"{ORDERS.header}\n")
+    with pytest.raises(DeliveryError, match="no data lines .* bronze holds 2 rows for that date"):
+        run_bronze(spark, lakehouse, ORDERS, DAY, "header only")
+    (folder / "day.csv").unlink()
+    (folder / "notes.txt").write_text("export failed\n")
+    with pytest.raises(DeliveryError, match="put an empty file named _EMPTY"):
+        run_bronze(spark, lakehouse, ORDERS, DAY, "nothing recognised")
+    assert _bronze_rows(spark, lakehouse, DAY) == 2, "the date keeps its rows"
+
+    (folder / "_EMPTY").touch()
+    assert run_bronze(spark, lakehouse, ORDERS, DAY, "empty on purpose").rows == 0
+    assert _bronze_rows(spark, lakehouse, DAY) == 0
+
+
+def test_a_moved_warehouse_runs_at_once(spark, tmp_path):
+    """Airflow registered the tables' assets at the old warehouse's paths; pointed at a new warehouse, the next
+    run must not stop on 'inactive assets' (only a scheduler would ever retire the old ones)."""
+    import json
+    import re
+    import subprocess
+
+    from tests.helpers import airflow_env, prepare_airflow_db
+
+    landing = tmp_path / "landing"
+    (landing / "orders" / DAY.isoformat()).mkdir(parents=True)
+    (landing / "orders" / DAY.isoformat() / "day.csv").write_text(f"{ORDERS.header}\n{ORDER_LINE}\n")
+    env = airflow_env(tmp_path / "airflow", LAKEHOUSE_LANDING=str(landing), LAKEHOUSE_TASK_RETRIES="0",
+                      LAKEHOUSE_WAREHOUSE=str(tmp_path / "old" / "warehouse"))
+    prepare_airflow_db(env)
+    done = subprocess.run(["airflow", "dags", "reserialize"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    moved = {**env, "LAKEHOUSE_WAREHOUSE": str(tmp_path / "new" / "warehouse")}
+    done = subprocess.run(["airflow", "dags", "test", "lakehouse_daily", DAY.isoformat(),
+                           "--conf", json.dumps({"sources": ["orders"]})],
+                          env=moved, capture_output=True, text=True, timeout=600)
+    output = done.stdout + done.stderr
+    assert "inactive assets" not in output, [line for line in output.splitlines() if "inactive assets" in line]
+    assert re.findall(r"DagRun Finished: dag_id=lakehouse_daily, logical_date=" + DAY.isoformat() +
+                      r".*?state=(\w+)", output) == ["success"], output[-5000:]
+    assert (tmp_path / "new" / "warehouse" / "gold" / "daily_sales" / "_delta_log").is_dir()
