@@ -22,8 +22,9 @@ that source do not run, the published tables keep their previous version, and th
 what failed and the Data Docs page (`$LAKEHOUSE_DATA_DOCS`, default `data/data-docs/index.html`).
 
 A source with no folder for the date delivered nothing: its tasks are skipped (the log says which
-folder was looked for) and the other source goes on. Each job replaces its date atomically, so
-clearing a task or re-running a date is always safe.
+folder was looked for) and the other source goes on - unless the source delivered before and has not for
+`LAKEHOUSE_STALE_AFTER_DAYS_<SOURCE>` days (orders 14, events 3; 0: never), when the run fails loudly.
+Each job replaces its date atomically, so clearing a task or re-running a date is always safe.
 
 Scheduling: one run a day from `LAKEHOUSE_START_DATE` (default 2010-12-01, the first real orders day),
 catching up missed days only if `LAKEHOUSE_CATCHUP` is true; up to `LAKEHOUSE_MAX_ACTIVE_RUNS` dates at
@@ -33,7 +34,11 @@ does not serialise concurrent writers. A backfill (`make backfill FROM=... TO=..
 create`, the REST API or the UI's backfill dialog) is an ordinary set of runs keyed by ingestion date.
 
 Retries: a job that failed for another reason than its data (a killed JVM, a full disk) is retried
-`LAKEHOUSE_TASK_RETRIES` times (default 2) with exponential backoff; refused data is not retried.
+`LAKEHOUSE_TASK_RETRIES` times (default 2) with exponential backoff; refused data (exit status 2) and a
+configuration error (exit status 3) are not retried. A job running longer than
+`LAKEHOUSE_TASK_TIMEOUT_MINUTES_<LAYER>` (bronze 60, silver and gold 120) is stopped and retried. Every
+failure is logged as one line and, with `LAKEHOUSE_ALERT_CONN_ID` set, posted or mailed through that
+connection (include/alerts.py).
 
 Params of a manual run or backfill: **full_refresh** rebuilds the gold marts from all of silver instead of
 recomputing the keys silver changed (the result is the same; a full refresh is the repair tool);
@@ -41,8 +46,9 @@ recomputing the keys silver changed (the result is the same; a full refresh is t
 
 Each layer task's **Data Docs** button opens the validation pages of its date in the Airflow UI.
 
-Where the jobs run (`LAKEHOUSE_RUNTIME`, the same job files everywhere): **local** (default) spark-submit
-to local Spark (connection `spark_local`); **spark** spark-submit to the standalone cluster in the
+Where the jobs run (`LAKEHOUSE_RUNTIME`, the same job files everywhere): **connect** (default) in the task's
+own process, as a client of the long-running Spark Connect server (`make spark-connect`; its token in the
+connection `spark_connect_default`); **local** spark-submit to local Spark (connection `spark_local`); **spark** spark-submit to the standalone cluster in the
 `spark_default` connection, the project's code shipped with `--py-files`; **databricks** a one-time
 Databricks run per layer job (connection `databricks_default`; tables in Unity Catalog, deliveries in a
 volume; see include/databricks.py), cancelled when its Airflow task is killed.
@@ -55,6 +61,7 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import CronDataIntervalTimetable, Param, TaskGroup, dag, task
 
+from include.alerts import LakehouseFailureNotifier
 from include.config import get_settings
 from include.orchestration import layer_task
 from include.sources import SOURCES
@@ -64,17 +71,22 @@ SETTINGS = get_settings()
 
 @task(task_id="find_delivery")
 def find_delivery(source: str, ds: str | None = None, params: dict | None = None) -> str:
-    """Skip the source's tasks for this date when the run leaves it out or its landing folder does not exist."""
-    from airflow.sdk.exceptions import AirflowSkipException
+    """Skip the source's tasks for this date when the run leaves it out or its landing folder does not exist;
+    fail when the source has not delivered for LAKEHOUSE_STALE_AFTER_DAYS_<SOURCE> days."""
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
     from include.config import get_settings
-    from include.orchestration import find_delivery_files
+    from include.orchestration import find_delivery_files, stale_source_message
 
     selected = (params or {}).get("sources", list(SOURCES))
     if source not in selected:
         raise AirflowSkipException(f"{source} is not among this run's sources {selected}")
-    folder, files = find_delivery_files(get_settings(), source, ds)
+    settings = get_settings()
+    folder, files = find_delivery_files(settings, source, ds)
     if files is None:
+        stale = stale_source_message(settings, source, ds)
+        if stale:
+            raise AirflowFailException(stale)
         raise AirflowSkipException(f"no {source} delivery for {ds}: {folder} does not exist")
     print(f"{source} delivery for {ds} in {folder}: {len(files)} entries {files}")
     return folder
@@ -89,6 +101,8 @@ def find_delivery(source: str, ds: str | None = None, params: dict | None = None
     catchup=SETTINGS.catchup,
     max_active_runs=SETTINGS.max_active_runs,
     default_args={
+        # Every failure logged as one line, and posted or mailed through LAKEHOUSE_ALERT_CONN_ID if set.
+        "on_failure_callback": [LakehouseFailureNotifier(SETTINGS.alert_conn_id)],
         "retries": SETTINGS.task_retries,
         "retry_delay": timedelta(seconds=30),
         "retry_exponential_backoff": True,

@@ -84,6 +84,13 @@ DELTA_CONF = {
 # Generated event days quarantine their defect rate (2% in the benchmarks).
 DEFAULT_MAX_QUARANTINE_SHARE = {"orders": 0.10, "events": 0.05}
 
+# How long a layer job may run before Airflow stops it (and retries it, as any other failure): far beyond what
+# a day of the benchmark's size takes, short enough that a hung job does not hold its layer's pool for a day.
+DEFAULT_TASK_TIMEOUT_MINUTES = {"bronze": 60, "silver": 120, "gold": 120}
+# After this many days without a delivery a source's run fails loudly instead of skipping it (0: never). The
+# shop of the order sample was closed twelve days at most (2010-12-23 to 2011-01-04); clicks come every day.
+DEFAULT_STALE_AFTER_DAYS = {"orders": 14, "events": 3}
+
 # The JVM option of jobs on small deliveries: the quick compiler (C1) only, no optimising compiler.
 QUICK_COMPILER = "-XX:TieredStopAtLevel=1"
 
@@ -137,6 +144,9 @@ class Settings:
     connect_memory: str = "8g"
     connect_home: Path | None = None
     connect_conn_id: str = "spark_connect_default"
+    task_timeout_minutes: Mapping[str, int] | None = None  # per layer: a job running longer is stopped
+    stale_after_days: Mapping[str, int] | None = None  # per source: days without a delivery before runs fail
+    alert_conn_id: str | None = None  # an Airflow connection that failures are posted to (http) or mailed by (smtp)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -187,7 +197,17 @@ class Settings:
                 raise ConfigurationError(f"{name}={env[name]!r}: expected a share between 0 and 1") from None
             if not 0 <= shares[source] <= 1:
                 raise ConfigurationError(f"{name}={env[name]!r}: expected a share between 0 and 1")
+        timeouts = {layer: read(f"LAKEHOUSE_TASK_TIMEOUT_MINUTES_{layer.upper()}", str(default), int)
+                    for layer, default in DEFAULT_TASK_TIMEOUT_MINUTES.items()}
+        stale = {source: read(f"LAKEHOUSE_STALE_AFTER_DAYS_{source.upper()}", str(default), int)
+                 for source, default in DEFAULT_STALE_AFTER_DAYS.items()}
+        if min(timeouts.values()) < 1 or min(stale.values()) < 0:
+            raise ConfigurationError("LAKEHOUSE_TASK_TIMEOUT_MINUTES_<LAYER> must be at least 1 and "
+                                     "LAKEHOUSE_STALE_AFTER_DAYS_<SOURCE> at least 0 (0: never)")
         return cls(
+            task_timeout_minutes=timeouts,
+            stale_after_days=stale,
+            alert_conn_id=env.get("LAKEHOUSE_ALERT_CONN_ID", "").strip() or None,
             landing=path("LAKEHOUSE_LANDING", PROJECT_ROOT / "data" / "landing"),
             warehouse=warehouse,
             gx_root=gx_root,

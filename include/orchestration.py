@@ -17,6 +17,7 @@ do not run them against the warehouse of a running scheduler.
 
 from __future__ import annotations
 
+from datetime import date, timedelta
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -26,6 +27,8 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from include.config import (
     CONFIGURATION_EXIT_STATUS,
+    DEFAULT_STALE_AFTER_DAYS,
+    DEFAULT_TASK_TIMEOUT_MINUTES,
     LAYERS,
     PROJECT_ROOT,
     QUICK_COMPILER,
@@ -93,18 +96,22 @@ def job_parameters(source: str, options: list[str] | None = None) -> list[str]:
 def layer_task(layer: str, source: str, settings: Settings, options: list[str] | None = None, databricks=None):
     """The task that runs one layer job for one source on the runtime LAKEHOUSE_RUNTIME names
     (`databricks`: the DatabricksSettings, read from the environment when not given)."""
+    # A hung job is stopped (and retried as any other failure) rather than holding its layer's pool for ever.
+    timeout = timedelta(minutes=(settings.task_timeout_minutes or DEFAULT_TASK_TIMEOUT_MINUTES)[layer])
     if settings.runtime == "databricks":
         from include.databricks import DatabricksSettings, LayerDatabricksOperator
 
         databricks = databricks or DatabricksSettings.from_env()
         return LayerDatabricksOperator(
             layer=layer, source=source, databricks=databricks,
-            parameters=job_parameters(source, options), pool=pool_name(layer),
+            parameters=job_parameters(source, options), pool=pool_name(layer), execution_timeout=timeout,
             outlets=[table_asset(settings, layer, table, databricks)
                      for table in PUBLISHED_TABLES[(layer, source)]])
     if settings.runtime == "connect":
-        return LayerConnectOperator(layer=layer, source=source, settings=settings, options=options)
-    return LayerJobOperator(layer=layer, source=source, settings=settings, options=options)
+        return LayerConnectOperator(layer=layer, source=source, settings=settings, options=options,
+                                    execution_timeout=timeout)
+    return LayerJobOperator(layer=layer, source=source, settings=settings, options=options,
+                            execution_timeout=timeout)
 
 
 def find_delivery_files(settings: Settings, source: str, ingestion_date: str) -> tuple[str, list[str] | None]:
@@ -118,6 +125,40 @@ def find_delivery_files(settings: Settings, source: str, ingestion_date: str) ->
         return folder, list_volume_folder(databricks.conn_id, folder)
     folder = settings.landing_dir(source, ingestion_date)
     return str(folder), sorted(entry.name for entry in folder.iterdir()) if folder.is_dir() else None
+
+
+def last_delivery_before(settings: Settings, source: str, ingestion_date: str) -> date | None:
+    """The latest date before `ingestion_date` with a delivery folder of `source` (None: none at all)."""
+    if settings.runtime == "databricks":
+        from include.databricks import DatabricksSettings, list_volume_folder
+
+        databricks = DatabricksSettings.from_env()
+        names = list_volume_folder(databricks.conn_id, databricks.landing_dir(source, ingestion_date).rsplit("/", 1)[0])
+    else:
+        root = settings.landing / source
+        names = [entry.name for entry in root.iterdir() if entry.is_dir()] if root.is_dir() else []
+    dates = []
+    for name in names or []:
+        try:
+            dates.append(date.fromisoformat(name.rstrip("/")))
+        except ValueError:
+            continue
+    earlier = [day for day in dates if day < date.fromisoformat(ingestion_date)]
+    return max(earlier) if earlier else None
+
+
+def stale_source_message(settings: Settings, source: str, ingestion_date: str) -> str | None:
+    """Why a date without a delivery of `source` must fail rather than be skipped: the source delivered
+    before and has not for LAKEHOUSE_STALE_AFTER_DAYS_<SOURCE> days or more (None: skip it quietly)."""
+    limit = (settings.stale_after_days or DEFAULT_STALE_AFTER_DAYS).get(source, 0)
+    if not limit:
+        return None
+    last = last_delivery_before(settings, source, ingestion_date)
+    if last is None or (date.fromisoformat(ingestion_date) - last).days < limit:
+        return None
+    return (f"no {source} delivery for {ingestion_date}, and none since {last} "
+            f"({(date.fromisoformat(ingestion_date) - last).days} days): has the sender stopped delivering? "
+            f"(LAKEHOUSE_STALE_AFTER_DAYS_{source.upper()}={limit}; 0 turns this check off)")
 
 
 class DataDocsLink(BaseOperatorLink):

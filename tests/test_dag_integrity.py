@@ -55,6 +55,8 @@ def test_lakehouse_daily_runs_bronze_then_silver_then_gold_per_source(dagbag):
             assert args[args.index("--ingestion-date") + 1] == "{{ ds }}"
             assert job.pool == pool_name(layer)
             assert job.retries == 2 and job.retry_exponential_backoff
+            assert job.execution_timeout.total_seconds() == settings_.task_timeout_minutes[layer] * 60
+            assert [type(callback).__name__ for callback in job.on_failure_callback] == ["LakehouseFailureNotifier"]
             assert [type(link) for link in job.operator_extra_links] == [DataDocsLink]
             assert {asset.name for asset in job.outlets} == {f"{layer}.{table} in {settings_.warehouse}"
                                                             for table in PUBLISHED_TABLES[(layer, source)]}

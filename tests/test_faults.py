@@ -150,3 +150,79 @@ def test_a_moved_warehouse_runs_at_once(spark, tmp_path):
     assert re.findall(r"DagRun Finished: dag_id=lakehouse_daily, logical_date=" + DAY.isoformat() +
                       r".*?state=(\w+)", output) == ["success"], output[-5000:]
     assert (tmp_path / "new" / "warehouse" / "gold" / "daily_sales" / "_delta_log").is_dir()
+
+
+class _Alerts:
+    """A real HTTP endpoint that records the alerts posted to it."""
+
+    def __init__(self):
+        import http.server
+        import json
+        import threading
+
+        received = self.received = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                received.append({"path": self.path, "authorization": self.headers.get("Authorization"),
+                                 "body": json.loads(body)})
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def connection(self, token: str) -> str:
+        import json
+
+        return json.dumps({"conn_type": "http", "host": "127.0.0.1", "port": self.server.server_address[1],
+                           "password": token, "extra": {"path": "/hooks/lakehouse"}})
+
+
+def test_a_source_that_stopped_delivering_fails_its_run_loudly_and_alerts(spark, tmp_path):
+    """A date without a delivery is skipped while the source's last delivery is recent; once it is
+    LAKEHOUSE_STALE_AFTER_DAYS_<SOURCE> days old the run fails, and the failure is logged and posted to the
+    alert connection (its token in the request, never in the log)."""
+    import json
+    import re
+    import subprocess
+
+    from include.config import Settings
+    from include.orchestration import stale_source_message
+    from tests.helpers import airflow_env, prepare_airflow_db
+
+    landing = tmp_path / "landing"
+    (landing / "orders" / "2010-12-01").mkdir(parents=True)
+    (landing / "orders" / "not-a-date").mkdir()
+    settings = Settings.from_env({"LAKEHOUSE_LANDING": str(landing), "LAKEHOUSE_STALE_AFTER_DAYS_ORDERS": "14"})
+    assert stale_source_message(settings, "orders", "2010-11-30") is None, "before the first delivery"
+    assert stale_source_message(settings, "orders", "2010-12-14") is None, "13 days: the shop may be closed"
+    assert "none since 2010-12-01 (14 days)" in stale_source_message(settings, "orders", "2010-12-15")
+    assert stale_source_message(settings, "events", "2010-12-15") is None, "a source that never delivered"
+    off = Settings.from_env({"LAKEHOUSE_LANDING": str(landing), "LAKEHOUSE_STALE_AFTER_DAYS_ORDERS": "0"})
+    assert stale_source_message(off, "orders", "2011-06-01") is None
+
+    alerts, token = _Alerts(), "alert-token-that-must-not-be-logged"
+    env = airflow_env(tmp_path / "airflow", LAKEHOUSE_LANDING=str(landing), LAKEHOUSE_TASK_RETRIES="0",
+                      LAKEHOUSE_WAREHOUSE=str(tmp_path / "warehouse"), LAKEHOUSE_ALERT_CONN_ID="lakehouse_alerts",
+                      AIRFLOW_CONN_LAKEHOUSE_ALERTS=alerts.connection(token))
+    prepare_airflow_db(env)
+    try:
+        done = subprocess.run(["airflow", "dags", "test", "lakehouse_daily", "2010-12-20",
+                               "--conf", json.dumps({"sources": ["orders"]})],
+                              env=env, capture_output=True, text=True, timeout=600)
+    finally:
+        alerts.server.shutdown()
+    output = done.stdout + done.stderr
+    assert re.findall(r"DagRun Finished: dag_id=lakehouse_daily, logical_date=2010-12-20.*?state=(\w+)",
+                      output) == ["failed"], output[-5000:]
+    assert "no orders delivery for 2010-12-20, and none since 2010-12-01 (19 days)" in output
+    assert "lakehouse task failed:" in output
+    assert token not in output
+    (alert,) = [item for item in alerts.received if item["body"]["task_id"] == "orders.find_delivery"]
+    assert alert["path"] == "/hooks/lakehouse" and alert["authorization"] == f"Bearer {token}"
+    assert alert["body"]["dag_id"] == "lakehouse_daily" and "none since 2010-12-01" in alert["body"]["error"]
