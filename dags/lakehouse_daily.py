@@ -42,7 +42,9 @@ connection (include/alerts.py).
 
 Params of a manual run or backfill: **full_refresh** rebuilds the gold marts from all of silver instead of
 recomputing the keys silver changed (the result is the same; a full refresh is the repair tool);
-**sources** limits the run to some sources (the others' tasks are skipped).
+**sources** limits the run to some sources (the others' tasks are skipped); **max_quarantine_share**
+accepts a date silver refused for its quarantined share by raising the threshold for this run only
+(duplicates never count against it: they are reported apart).
 
 Each layer task's **Data Docs** button opens the validation pages of its date in the Airflow UI.
 
@@ -117,6 +119,16 @@ def find_delivery(source: str, ds: str | None = None, params: dict | None = None
             description="Rebuild the gold marts from all of silver instead of recomputing the keys silver "
                         "changed. Same result; slower; the repair tool when a mart is in doubt.",
         ),
+        "max_quarantine_share": Param(
+            None,
+            type=["null", "number"],
+            minimum=0,
+            maximum=1,
+            title="Quarantine threshold for this run",
+            description="Leave empty for the settings (orders 10%, events 5% of a date's bronze rows). To accept a "
+                        "date silver refused for its quarantined share, after looking at its Data Docs page, "
+                        "trigger the date again with a higher share, e.g. 0.08; the run keeps it in its conf.",
+        ),
         "sources": Param(
             list(SOURCES),
             type="array",
@@ -134,7 +146,9 @@ def lakehouse_daily():
         with TaskGroup(group_id=source.name, tooltip=source.description):
             (find_delivery(source.name)
              >> layer_task("bronze", source.name, SETTINGS)
-             >> layer_task("silver", source.name, SETTINGS)
+             >> layer_task("silver", source.name, SETTINGS, options=[
+                 "--max-quarantine-share",
+                 "{{ params.max_quarantine_share if params.max_quarantine_share is not none else 'default' }}"])
              >> layer_task("gold", source.name, SETTINGS,
                            options=["--refresh", "{{ 'full' if params.full_refresh else 'incremental' }}"]))
 

@@ -118,17 +118,20 @@ def run_gold(spark, settings: Settings, source: Source, ingestion_date: date, ru
                         "or history vacuumed): rebuilding from all of silver", source.name, source.name, since, version)
             plans.update({mart.table: "full" for mart in incremental})
 
-    # Stage every mart's new rows (cached), audit them together, then write: a refused run publishes no mart.
-    staged, seconds, counts, cached = [], {}, {}, []
+    # Stage every mart's new rows (cached), and the rollup rows they are built from, audit the marts together,
+    # then write: a refused run publishes nothing, its rollups included.
+    staged, seconds, counts, cached, rollup_writes = [], {}, {}, [], []
     for mart in marts:
         started = time.monotonic()
         path = settings.table_location("gold", mart.table)
         if plans[mart.table] == "full":
             inputs = silver
             if mart.rollup is not None:
-                _overwrite(mart.rollup.compute(silver), settings.table_location("gold", mart.rollup.table),
-                           [mart.rollup.date_column])
-                inputs = store.read(spark, settings.table_location("gold", mart.rollup.table))
+                inputs = store.cache(mart.rollup.compute(silver))
+                cached.append(inputs)
+                rollup_path, column = settings.table_location("gold", mart.rollup.table), mart.rollup.date_column
+                rollup_writes.append(lambda rows=inputs, rollup_path=rollup_path, column=column:
+                                     _overwrite(rows, rollup_path, [column]))
             staged.append(_whole(mart, inputs, path))
         elif plans[mart.table] == "incremental":
             touched = store.cache(_touched_keys(changes, mart, seen[mart.table]))
@@ -137,7 +140,10 @@ def run_gold(spark, settings: Settings, source: Source, ingestion_date: date, ru
             if counts[mart.table]:
                 inputs = silver
                 if mart.rollup is not None:
-                    inputs = _refresh_rollup(spark, settings, mart.rollup, silver, changes, seen[mart.table])
+                    inputs, write_rollup, frames = _refresh_rollup(spark, settings, mart.rollup, silver, changes,
+                                                                   seen[mart.table])
+                    cached.extend(frames)
+                    rollup_writes.append(write_rollup)
                 if _rebuilds(spark, path, mart, counts[mart.table]):
                     plans[mart.table] = "rebuilt"
                     staged.append(_whole(mart, inputs, path))
@@ -160,6 +166,8 @@ def run_gold(spark, settings: Settings, source: Source, ingestion_date: date, ru
     for table in validation:
         validation[table] += overhead
         seconds[table] += validation[table]
+    for write_rollup in rollup_writes:
+        write_rollup()
     for mart, frame, write in staged:
         started = time.monotonic()
         write(frame)
@@ -215,8 +223,9 @@ def _overwrite(frame, path: str, partition_by: list[str] = ()) -> None:
 
 
 def _refresh_rollup(spark, settings: Settings, rollup, silver, changes, last_version: int):
-    """Recompute the rollup rows of every date with silver rows changed since `last_version` from silver as it
-    stands (a date left without silver rows loses its rollup rows), in one commit; the rollup as it now is."""
+    """The rollup as it will stand once the rows of every date with silver rows changed since `last_version`
+    are recomputed from silver as it stands (a date left without silver rows loses its rollup rows); the write
+    that replaces those dates in one commit, for after the gate; and the frames cached for both (to release)."""
     from pyspark.sql import functions as F
 
     path = settings.table_location("gold", rollup.table)
@@ -224,12 +233,18 @@ def _refresh_rollup(spark, settings: Settings, rollup, silver, changes, last_ver
     dates = [row[0] for row in changes.where(F.col("_commit_version") > last_version).select(column).distinct()
              .collect()]
     present = sorted(day for day in dates if day is not None)
-    if present:
-        listed = ", ".join(f"DATE'{day.isoformat()}'" for day in present)
-        rows = rollup.compute(silver.where(F.col(column).isin(present)))
+    stored = store.read(spark, path)
+    if not present:
+        return stored, lambda: None, []
+    rows = store.cache(rollup.compute(silver.where(F.col(column).isin(present))))
+    listed = ", ".join(f"DATE'{day.isoformat()}'" for day in present)
+    staged = store.cache(stored.where(~F.col(column).isin(present)).unionByName(rows))
+
+    def write() -> None:
         replace_partition(rows, path, f"`{column}` IN ({listed})", [column])
         log.info("gold %s: rollup rows of %s %s date(s) recomputed", rollup.table, len(present), column)
-    return store.read(spark, path)
+
+    return staged, write, [rows, staged]
 
 
 def _progress(spark, settings: Settings) -> dict[str, int]:

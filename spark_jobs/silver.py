@@ -26,7 +26,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str((Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()).parent))
 
 from expectations.gate import Check, GateFailed, audit
-from include.config import Settings
+from include.config import ConfigurationError, Settings
 from include.sources import Source
 from spark_jobs import tables as store
 from spark_jobs.common import LayerJob, observed, replace_partition
@@ -51,15 +51,27 @@ class SilverResult:
     quarantined_rows: int
     seconds: float
     validation_seconds: float = 0.0  # of `seconds`: the gate
+    duplicate_rows: int = 0  # of `quarantined_rows`: copies of rows kept elsewhere, not defects
 
 
-def run_silver(spark, settings: Settings, source: Source, ingestion_date: date, run_id: str) -> SilverResult:
+def run_silver(spark, settings: Settings, source: Source, ingestion_date: date, run_id: str,
+               max_quarantine_share: float | None = None) -> SilverResult:
+    """`max_quarantine_share`: this run's threshold instead of the source's setting (an operator accepting a
+    date the setting refused: the run's param, logged and kept with the run)."""
     from pyspark.sql import Observation
     from pyspark.sql import functions as F
 
     from spark_jobs.transforms.silver import classify, duplicate_suspects, fingerprint, split_duplicates
 
     started = time.monotonic()
+    threshold = settings.max_quarantine_share[source.name]
+    if max_quarantine_share is not None:
+        if not 0 <= max_quarantine_share <= 1:
+            raise ConfigurationError(f"--max-quarantine-share {max_quarantine_share}: expected a share between 0 and 1")
+        log.warning("silver %s %s: quarantine threshold %s for this run (the run's max_quarantine_share), "
+                    "instead of %s (LAKEHOUSE_MAX_QUARANTINE_SHARE_%s)", source.name, ingestion_date,
+                    max_quarantine_share, threshold, source.name.upper())
+        threshold = max_quarantine_share
     bronze_path = settings.table_location("bronze", source.name)
     if not store.exists(spark, bronze_path):
         raise RuntimeError(f"{bronze_path} is not a Delta table: run the bronze job for {source.name} first")
@@ -109,8 +121,7 @@ def run_silver(spark, settings: Settings, source: Source, ingestion_date: date, 
         kept, rejected = store.cache(kept), store.cache(rejected)
         kept.count(), rejected.count()
     staged = {"bronze_rows_by_date": spark.createDataFrame(
-                  [(current, bronze_rows.get(current, 0), settings.max_quarantine_share[source.name])
-                   for current in dates],
+                  [(current, bronze_rows.get(current, 0), threshold) for current in dates],
                   "_ingestion_date DATE, bronze_rows BIGINT, max_quarantine_share DOUBLE"),
               "staged_quarantine": rejected}
     dimensions = []
@@ -136,10 +147,13 @@ def run_silver(spark, settings: Settings, source: Source, ingestion_date: date, 
     # The counts come from the writes themselves: no extra pass over the rows.
     kept_counts, rejected_counts = Observation(), Observation()
     today = F.count_if(F.col("_ingestion_date") == F.lit(ingestion_date)).alias("rows")
+    duplicates = F.count_if((F.col("_ingestion_date") == F.lit(ingestion_date)) & (F.col("rule") == "duplicate")
+                            ).alias("duplicates")
     # The change feed tells the gold job which rows each run inserted and removed.
     replace_partition(kept.observe(kept_counts, today), settings.table_location("silver", source.name), on_dates,
                       ["_ingestion_date"], {"delta.enableChangeDataFeed": "true"})
-    replace_partition(rejected.observe(rejected_counts, today), settings.table_location("silver", "quarantine"),
+    replace_partition(rejected.observe(rejected_counts, today, duplicates),
+                      settings.table_location("silver", "quarantine"),
                       f"source = '{source.name}' AND {on_dates}", ["source", "_ingestion_date"])
     for dimension, frame in dimensions:
         store.save(spark, frame.write.format("delta").mode("overwrite"),
@@ -147,14 +161,16 @@ def run_silver(spark, settings: Settings, source: Source, ingestion_date: date, 
     # The later dates' entries are written again too: their silver rows now come from bronze as it stands.
     replace_partition(decided, index_path, f"source = '{source.name}' AND {on_dates}", ["source", "_ingestion_date"])
     silver_rows = observed(kept_counts, kept, today)["rows"]
-    quarantined = observed(rejected_counts, rejected, today)["rows"]
+    rejected_figures = observed(rejected_counts, rejected, today, duplicates)
+    quarantined, duplicated = rejected_figures["rows"], rejected_figures["duplicates"]
     # Dependents first: uncaching a frame that cached frames are built on makes Spark plan those again.
     store.release(*(frame for _, frame in reversed(dimensions)), rejected, kept, suspects,
                   *([later_rows] if later else []), entries, day)
     result = SilverResult(source.name, dates, silver_rows, quarantined, time.monotonic() - started,
-                          validation_seconds)
-    log.info("silver %s %s: %s rows kept, %s quarantined in %.1f s (%.1f s the gate)%s", source.name,
-             ingestion_date, f"{silver_rows:,}", f"{quarantined:,}", result.seconds, validation_seconds,
+                          validation_seconds, duplicated)
+    log.info("silver %s %s: %s rows kept, %s quarantined (%s of them duplicates) in %.1f s (%.1f s the gate)%s",
+             source.name, ingestion_date, f"{silver_rows:,}", f"{quarantined:,}", f"{duplicated:,}", result.seconds,
+             validation_seconds,
              f"; later dates decided again: {', '.join(map(str, later))}" if later else "")
     return result
 
@@ -169,8 +185,18 @@ def _index_entries(source: Source, rows):
                     F.col("count").alias("copies"), "_ingestion_date"))
 
 
+def _arguments(parser) -> None:
+    parser.add_argument("--max-quarantine-share", type=_share, default=None, metavar="SHARE",
+                        help="this run's quarantine threshold, 0 to 1, instead of LAKEHOUSE_MAX_QUARANTINE_SHARE_<SOURCE>"
+                             " (to accept a date the setting refused); 'default' or nothing: the setting")
+
+
+def _share(text: str) -> float | None:
+    return None if text in ("", "default", "None") else float(text)
+
+
 JOB = LayerJob("silver", "Clean one source's bronze rows for one ingestion date into silver.", run_silver,
-               expected_errors=(GateFailed,))
+               expected_errors=(GateFailed,), extra_arguments=_arguments)
 
 
 def main(argv: list[str] | None = None) -> None:

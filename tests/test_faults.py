@@ -226,3 +226,88 @@ def test_a_source_that_stopped_delivering_fails_its_run_loudly_and_alerts(spark,
     (alert,) = [item for item in alerts.received if item["body"]["task_id"] == "orders.find_delivery"]
     assert alert["path"] == "/hooks/lakehouse" and alert["authorization"] == f"Bearer {token}"
     assert alert["body"]["dag_id"] == "lakehouse_daily" and "none since 2010-12-01" in alert["body"]["error"]
+
+
+def test_a_refused_gold_run_writes_no_rollup_either(spark, lakehouse, monkeypatch):
+    """Write-audit-publish holds for every table a job writes: a gold run whose marts fail their gate leaves
+    the rollups it would have refreshed (gold/rollup_*) at their previous versions too."""
+    import spark_jobs.transforms.gold as transforms
+    from include.sources import EVENTS
+    from include.tools import generate_events
+    from spark_jobs import tables
+    from spark_jobs.gold import run_gold
+
+    days = [date(2019, 10, 1), date(2019, 10, 2)]
+    generate_events.main(["--from", days[0].isoformat(), "--days", "2", "--events-per-day", "300",
+                          "--landing", str(lakehouse.landing)])
+    ungated = dataclasses.replace(lakehouse, gates=False)
+    for day in days:
+        run_bronze(spark, ungated, EVENTS, day, "bronze")
+    run_silver(spark, ungated, EVENTS, days[0], "silver")
+    run_gold(spark, lakehouse, EVENTS, days[0], "good")
+    rollups = [mart.rollup.table for mart in transforms.marts_of("events") if mart.rollup is not None]
+    assert rollups, "the events marts keep rollups"
+
+    def versions() -> dict[str, int]:
+        return {table: tables.version(spark, lakehouse.table_location("gold", table)) for table in rollups}
+
+    before = versions()
+    real = transforms.marts_of
+
+    def nameless(aggregate):
+        from pyspark.sql import functions as F
+
+        return lambda rows: aggregate(rows).withColumn("product_id", F.lit(None).cast("bigint"))
+
+    broken = [dataclasses.replace(mart, aggregate=nameless(mart.aggregate)) if mart.table == "product_conversion"
+              else mart for mart in real("events")]
+    monkeypatch.setattr(transforms, "marts_of", lambda source: tuple(broken) if source == "events" else real(source))
+    run_silver(spark, ungated, EVENTS, days[1], "silver")
+    from expectations.gate import GateFailed
+
+    with pytest.raises(GateFailed, match="gold.product_conversion"):
+        run_gold(spark, lakehouse, EVENTS, days[1], "broken")
+    assert versions() == before, "a refused gold run refreshed a rollup"
+
+    monkeypatch.setattr(transforms, "marts_of", real)
+    run_gold(spark, lakehouse, EVENTS, days[1], "fixed")
+    assert all(versions()[table] > before[table] for table in rollups)
+
+
+def test_duplicates_do_not_refuse_a_date_and_an_operator_can_accept_a_refused_one(spark, lakehouse):
+    """A clickstream day whose exact duplicate clicks are 6% of its lines passes the 5% events threshold:
+    duplicates are counted apart from defects. A day refused for its defects is accepted when the run raises
+    the threshold (the run's max_quarantine_share), and the silver log says so."""
+    import csv
+    import gzip
+    import io
+
+    from expectations.gate import GateFailed
+    from include.sources import EVENTS
+    from include.tools import generate_events
+
+    day = date(2019, 10, 3)
+    generate_events.main(["--from", day.isoformat(), "--days", "1", "--events-per-day", "500", "--defect-rate", "0",
+                          "--landing", str(lakehouse.landing)])
+    (path,) = lakehouse.landing_dir("events", day.isoformat()).iterdir()
+    content = (gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()).decode()
+    lines = content.splitlines()
+    doubled = lines + lines[1:31]  # 30 of 500 clicks delivered twice: 30 / 530 = 5.7% of the lines
+    path.unlink()
+    deliver(lakehouse, "events", day.isoformat(), "events.csv", "\n".join(doubled) + "\n")
+    run_bronze(spark, lakehouse, EVENTS, day, "bronze")
+    result = run_silver(spark, lakehouse, EVENTS, day, "duplicates")
+    assert (result.silver_rows, result.quarantined_rows, result.duplicate_rows) == (500, 30, 30)
+
+    rows = list(csv.reader(io.StringIO(content)))
+    user = rows[0].index("user_id")
+    for row in rows[1:41]:  # 40 of 500 clicks without a user: 8% defects, over the 5% threshold
+        row[user] = ""
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(rows)
+    deliver(lakehouse, "events", day.isoformat(), "events.csv", out.getvalue())
+    run_bronze(spark, lakehouse, EVENTS, day, "bronze again")
+    with pytest.raises(GateFailed, match="'defective_rows': 40"):
+        run_silver(spark, lakehouse, EVENTS, day, "refused")
+    accepted = run_silver(spark, lakehouse, EVENTS, day, "accepted", max_quarantine_share=0.1)
+    assert (accepted.silver_rows, accepted.quarantined_rows, accepted.duplicate_rows) == (460, 40, 0)
