@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import html
 import logging
 import re
 import time
@@ -189,7 +190,7 @@ def _sampled_rows_expectation():
             if rows:
                 text += ", e.g. " + "; ".join(
                     ", ".join(f"{name}={value}" for name, value in row.items()) for row in rows[:5])
-            return text
+            return text  # its values were escaped for the page (`_store_for_display`)
 
     return UnexpectedRowsWithSample
 
@@ -358,6 +359,7 @@ def audit(spark, settings, layer: str, source: str, ingestion_date: date, checks
             finally:
                 _ahead.clear()
             failed = [_describe(item) for item in validation.results if not item.success]
+            _store_for_display(context, key, validation)
             results.append((check, key, validation, failed, time.monotonic() - started))
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
@@ -410,6 +412,33 @@ def _run(checkpoint, check: Check, run_id):
     if again != key:
         raise RuntimeError(f"{check.table}: the run with samples stored its result as {again}, not as {key}")
     return key, validation
+
+
+def _store_for_display(context, key, validation) -> None:
+    """Store the result with the delivered values it samples HTML-escaped, where it holds any: GX writes them
+    into the Data Docs pages as they are, so a value such as `<script>...` would become markup in the page
+    of everyone who opens it. The task log (`_describe`) keeps the values as delivered."""
+    import copy
+
+    def escaped(value):
+        if isinstance(value, str):
+            return html.escape(value)
+        if isinstance(value, list):
+            return [escaped(item) for item in value]
+        if isinstance(value, dict):
+            return {name: escaped(item) for name, item in value.items()}
+        return value
+
+    sampled = [item for item in validation.results
+               if (item.result or {}).get("partial_unexpected_list") or (item.result or {}).get("details")]
+    if not sampled:
+        return
+    shown = copy.deepcopy(validation)
+    for item in shown.results:
+        if item.result:
+            item.result = {name: (escaped(value) if name.startswith("partial_unexpected") or name == "details"
+                                  else value) for name, value in item.result.items()}
+    context.validation_results_store.set(key, shown)
 
 
 def _file_path(url: str) -> str:

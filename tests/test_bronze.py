@@ -126,10 +126,12 @@ def test_rerun_replaces_the_date_and_leaves_other_dates_alone(spark, lakehouse):
     assert len(history) == 3 and history[0].operation == "WRITE"
 
 
-def test_an_empty_delivery_replaces_earlier_rows_with_none(spark, lakehouse):
+def test_an_empty_delivery_marked_empty_replaces_earlier_rows_with_none(spark, lakehouse):
+    """Without its `_EMPTY` marker the same delivery is refused (tests/test_faults.py)."""
     path = deliver(lakehouse, "orders", "2010-12-01", "day.csv", f"{ORDERS_HEADER}\n{LINE}\n")
     run_bronze(spark, lakehouse, ORDERS, DAY, "run-1")
     path.write_text(f"{ORDERS_HEADER}\n")
+    (path.parent / "_EMPTY").touch()
     result = run_bronze(spark, lakehouse, ORDERS, DAY, "run-2")
     assert (result.rows, result.files) == (0, 1)
     assert bronze_rows(spark, lakehouse) == []

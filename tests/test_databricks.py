@@ -114,7 +114,8 @@ def test_the_dag_on_databricks_follows_the_remote_runs(workspace):
     expected = {}
     for source, layers in (("orders", ("bronze", "silver", "gold")), ("events", ("bronze", "silver"))):
         for layer in layers:
-            options = ["--refresh", "incremental"] if layer == "gold" else []
+            options = {"gold": ["--refresh", "incremental"],
+                       "silver": ["--max-quarantine-share", "default"]}.get(layer, [])
             request = json.loads(json.dumps(run_request(databricks, layer, source, job_parameters(source, options)))
                                  .replace("{{ ds }}", DAY).replace("{{ run_id }}", run_id))
             request["idempotency_token"] = idempotency_token("lakehouse_daily", run_id, f"{source}.{layer}", -1, 1)

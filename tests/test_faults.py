@@ -7,13 +7,12 @@ empty or unrecognised delivery, a moved warehouse) fails loudly and specifically
 from __future__ import annotations
 
 import dataclasses
+import re
 import shutil
 from datetime import date
-from types import SimpleNamespace
-
 import pytest
 
-from include.config import ConfigurationError
+from include.config import PROJECT_ROOT, ConfigurationError
 from include.sources import ORDERS
 from spark_jobs.bronze import run_bronze
 from spark_jobs.silver import run_silver
@@ -76,16 +75,30 @@ def test_a_broken_suite_file_is_a_configuration_error_not_refused_data(spark, la
 
 
 def test_the_connect_task_fails_a_configuration_error_without_retries(spark, lakehouse, monkeypatch):
-    from airflow.sdk.exceptions import AirflowFailException
-
-    from include.orchestration import LayerConnectOperator
+    """In a process of its own, as an Airflow task runs it (its session's release would end the test
+    process's own session otherwise)."""
+    import subprocess
+    import sys
 
     _point_jobs_at(monkeypatch, lakehouse)
-    task = LayerConnectOperator(layer="gold", source="orders", settings=lakehouse, options=["--refresh", "sideways"])
-    task.job_arguments = _job_arguments("gold", "--refresh", "sideways")  # as Airflow renders them
-    ti = SimpleNamespace(dag_id="faults", run_id="config", task_id="orders.gold", map_index=-1, try_number=1)
-    with pytest.raises(AirflowFailException, match="configuration error .*invalid choice.*not retried"):
-        task.execute({"ti": ti})
+    script = f"""
+from types import SimpleNamespace
+from airflow.sdk.exceptions import AirflowFailException
+from include.config import get_settings
+from include.orchestration import LayerConnectOperator
+task = LayerConnectOperator(layer="gold", source="orders", settings=get_settings(), options=["--refresh", "sideways"])
+task.job_arguments = {_job_arguments("gold", "--refresh", "sideways")!r}  # as Airflow renders them
+ti = SimpleNamespace(dag_id="faults", run_id="config", task_id="orders.gold", map_index=-1, try_number=1)
+try:
+    task.execute({{"ti": ti}})
+except AirflowFailException as error:
+    print("AirflowFailException:", error)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          cwd=PROJECT_ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"AirflowFailException: .*configuration error .*invalid choice.*not retried", done.stdout), \
+        done.stdout + done.stderr
 
 
 def _bronze_rows(spark, settings, day: date) -> int:
@@ -311,3 +324,54 @@ def test_duplicates_do_not_refuse_a_date_and_an_operator_can_accept_a_refused_on
         run_silver(spark, lakehouse, EVENTS, day, "refused")
     accepted = run_silver(spark, lakehouse, EVENTS, day, "accepted", max_quarantine_share=0.1)
     assert (accepted.silver_rows, accepted.quarantined_rows, accepted.duplicate_rows) == (460, 40, 0)
+
+
+SCRIPT = "<script>alert(1)</script>"
+
+
+def test_a_delivered_script_in_a_failure_sample_is_shown_escaped(spark, lakehouse, monkeypatch, tmp_path):
+    """Data Docs pages show delivered values (failure samples): HTML in them must be text, not markup, in
+    GX's own column samples and in the SQL checks' sample rows this project renders."""
+    from expectations import gate
+
+    suites = tmp_path / "suites"
+    suites.mkdir()
+    (suites / "silver.events.yml").write_text(
+        "suite: silver.events\nexpectations:\n"
+        "  - expect_column_values_to_be_in_set: {column: event_type, value_set: [view, cart, purchase]}\n"
+        "  - unexpected_rows:\n      description: no event type outside the known ones\n"
+        "      query: SELECT event_type FROM {batch} WHERE event_type NOT IN ('view', 'cart', 'purchase')\n")
+    monkeypatch.setattr(gate, "SUITES_DIR", suites)
+    frame = spark.createDataFrame([("view",), (SCRIPT,)], "event_type STRING")
+    with pytest.raises(gate.GateFailed) as failure:
+        gate.audit(spark, lakehouse, "silver", "events", DAY, [gate.Check("events", frame)])
+    (page,) = lakehouse.data_docs.glob("validations/silver/events/*/*/*.html")
+    text = page.read_text()
+    assert SCRIPT not in text, "a delivered value is rendered as markup"
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text or "&lt;script&gt;alert(1)&lt;&#x2F;script&gt;" in text
+    assert SCRIPT in str(failure.value), "the task log keeps the value as delivered"
+
+
+def test_the_data_docs_plugin_serves_nothing_outside_its_site(lakehouse, monkeypatch, tmp_path):
+    """Encoded `..` in a Data Docs URL cannot reach files beside the site (served by the plugin's own app, the
+    login dependency replaced by a signed-in user)."""
+    from fastapi.testclient import TestClient
+
+    import plugins.lakehouse_data_docs as plugin
+
+    site = tmp_path / "site"
+    (site / "validations").mkdir(parents=True)
+    (site / "index.html").write_text("<html>site</html>")
+    (tmp_path / "secret.txt").write_text("not for the web")
+    monkeypatch.setattr(plugin, "_site", lambda: site)
+    plugin.app.dependency_overrides[plugin.logged_in_user] = lambda: "someone"
+    try:
+        client = TestClient(plugin.app)
+        assert client.get("/index.html").text == "<html>site</html>"
+        for path in ("/..%2fsecret.txt", "/..%2F..%2Fsecret.txt", "/validations/..%2f..%2fsecret.txt",
+                     "/%2e%2e/secret.txt", "/validations/%2e%2e%2f%2e%2e%2fsecret.txt"):
+            response = client.get(path)
+            assert response.status_code == 404 and "not for the web" not in response.text, path
+        assert client.get("/runs/..%2f..%2fsecret.txt").status_code == 404
+    finally:
+        plugin.app.dependency_overrides.clear()
