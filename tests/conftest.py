@@ -89,6 +89,22 @@ def sample_orders_dir() -> Path:
     return SAMPLE_ORDERS_DIR
 
 
+def pytest_terminal_summary(terminalreporter):
+    """The fault suite's table (tests/test_faults.py records a row per case it ran, workers included)."""
+    rows = [(report.nodeid.split("::")[-1], report.outcome, properties)
+            for reports in terminalreporter.stats.values() for report in reports
+            if getattr(report, "when", None) == "call"
+            for name, properties in getattr(report, "user_properties", ()) if name == "fault"]
+    if not rows:
+        return
+    terminalreporter.write_sep("=", "fault suite")
+    terminalreporter.write_line(f"{'case':44} {'what was done':58} {'outcome':40} rows lost")
+    for test, outcome, case in sorted(rows, key=lambda row: row[2]["case"]):
+        verdict = case["outcome"] if outcome == "passed" else f"TEST {outcome.upper()}"
+        terminalreporter.write_line(f"{case['case'][:44]:44} {case['done'][:58]:58} {verdict[:40]:40} "
+                                    f"{case['rows_lost']}")
+
+
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_AIRFLOW_HOME, ignore_errors=True)
 

@@ -24,6 +24,17 @@ DAY = date(2010, 12, 1)
 ORDER_LINE = "536365,85123A,WHITE HANGING HEART T-LIGHT HOLDER,6,2010-12-01 08:26:00,2.55,17850,United Kingdom"
 
 
+@pytest.fixture
+def fault(request):
+    """Records the case for the fault suite's table (tests/conftest.py prints it): what was done, what the
+    lakehouse did, and how many rows that were there before are gone after (must be 0; '-' where no
+    published rows were at stake)."""
+    def record(case: str, done: str, outcome: str, rows_lost: int | str = "-") -> None:
+        request.node.user_properties.append(("fault", {"case": case, "done": done, "outcome": outcome,
+                                                       "rows_lost": rows_lost}))
+    return record
+
+
 def _job_arguments(layer: str, *options: str) -> list[str]:
     return ["--source", "orders", "--ingestion-date", DAY.isoformat(), "--run-id", f"faults-{layer}", *options]
 
@@ -35,7 +46,7 @@ def _point_jobs_at(monkeypatch, settings) -> None:
         monkeypatch.setenv(name, str(value))
 
 
-def test_a_bad_setting_exits_with_the_configuration_status_and_says_so(monkeypatch, capsys):
+def test_a_bad_setting_exits_with_the_configuration_status_and_says_so(monkeypatch, capsys, fault):
     from spark_jobs.bronze import JOB
 
     monkeypatch.setenv("LAKEHOUSE_GATES", "maybe")
@@ -45,9 +56,11 @@ def test_a_bad_setting_exits_with_the_configuration_status_and_says_so(monkeypat
     logged = capsys.readouterr().out  # the job logs to its standard output, as under spark-submit
     assert "ERROR lakehouse.bronze: configuration error, not a problem with the data" in logged
     assert "LAKEHOUSE_GATES='maybe': expected true or false" in logged
+    fault("bad setting", "LAKEHOUSE_GATES=maybe, bronze job", "exit 3, names the setting")
 
 
-def test_a_broken_suite_file_is_a_configuration_error_not_refused_data(spark, lakehouse, monkeypatch, tmp_path):
+def test_a_broken_suite_file_is_a_configuration_error_not_refused_data(spark, lakehouse, monkeypatch, tmp_path,
+                                                                       fault):
     """A suite file the gate cannot read stops the job as a configuration error (exit status 3, failed
     without retries, the log saying what to fix), where it used to be reported as refused input (gold) and
     nothing was written."""
@@ -72,9 +85,11 @@ def test_a_broken_suite_file_is_a_configuration_error_not_refused_data(spark, la
     # A gold option that does not exist is the same kind of error, not refused data.
     with pytest.raises(ConfigurationError, match="argument --refresh: invalid choice: 'sideways'"):
         GOLD.execute(_job_arguments("gold", "--refresh", "sideways"), spark=spark)
+    fault("broken suite file", "unknown expectation in gold.daily_sales.yml", "configuration error, nothing written")
+    fault("bad job option", "gold --refresh sideways", "configuration error, not refused data")
 
 
-def test_the_connect_task_fails_a_configuration_error_without_retries(spark, lakehouse, monkeypatch):
+def test_the_connect_task_fails_a_configuration_error_without_retries(spark, lakehouse, monkeypatch, fault):
     """In a process of its own, as an Airflow task runs it (its session's release would end the test
     process's own session otherwise)."""
     import subprocess
@@ -99,6 +114,7 @@ except AirflowFailException as error:
     assert done.returncode == 0, done.stdout + done.stderr
     assert re.search(r"AirflowFailException: .*configuration error .*invalid choice.*not retried", done.stdout), \
         done.stdout + done.stderr
+    fault("configuration error in a task", "connect task, bad gold option", "failed, not retried")
 
 
 def _bronze_rows(spark, settings, day: date) -> int:
@@ -107,7 +123,7 @@ def _bronze_rows(spark, settings, day: date) -> int:
     return tables.read(spark, settings.table_path("bronze", "orders")).where(f"_ingestion_date = '{day}'").count()
 
 
-def test_an_empty_redelivery_does_not_replace_a_date_s_rows_unless_marked_empty(spark, lakehouse):
+def test_an_empty_redelivery_does_not_replace_a_date_s_rows_unless_marked_empty(spark, lakehouse, fault):
     """A header-only file, or a folder without a data file, over a date that holds rows is refused (a
     sender's failed export looks like that); `_EMPTY` in the folder says the date is empty on purpose.
     Upper-case suffixes are deliveries too."""
@@ -130,13 +146,18 @@ def test_an_empty_redelivery_does_not_replace_a_date_s_rows_unless_marked_empty(
     with pytest.raises(DeliveryError, match="put an empty file named _EMPTY"):
         run_bronze(spark, lakehouse, ORDERS, DAY, "nothing recognised")
     assert _bronze_rows(spark, lakehouse, DAY) == 2, "the date keeps its rows"
+    fault("header-only redelivery", "day.csv with a header only over 2 rows", "refused, names _EMPTY",
+          2 - _bronze_rows(spark, lakehouse, DAY))
+    fault("unrecognised redelivery", "notes.txt only over 2 rows", "refused, names _EMPTY",
+          2 - _bronze_rows(spark, lakehouse, DAY))
+    fault("upper-case suffix", "DAY.CSV.GZ", "loaded, 2 rows", 0)
 
     (folder / "_EMPTY").touch()
     assert run_bronze(spark, lakehouse, ORDERS, DAY, "empty on purpose").rows == 0
     assert _bronze_rows(spark, lakehouse, DAY) == 0
 
 
-def test_a_moved_warehouse_runs_at_once(spark, tmp_path):
+def test_a_moved_warehouse_runs_at_once(spark, tmp_path, fault):
     """Airflow registered the tables' assets at the old warehouse's paths; pointed at a new warehouse, the next
     run must not stop on 'inactive assets' (only a scheduler would ever retire the old ones)."""
     import json
@@ -163,6 +184,7 @@ def test_a_moved_warehouse_runs_at_once(spark, tmp_path):
     assert re.findall(r"DagRun Finished: dag_id=lakehouse_daily, logical_date=" + DAY.isoformat() +
                       r".*?state=(\w+)", output) == ["success"], output[-5000:]
     assert (tmp_path / "new" / "warehouse" / "gold" / "daily_sales" / "_delta_log").is_dir()
+    fault("moved warehouse", "dags test after LAKEHOUSE_WAREHOUSE moved", "run succeeded, assets active")
 
 
 class _Alerts:
@@ -196,7 +218,7 @@ class _Alerts:
                            "password": token, "extra": {"path": "/hooks/lakehouse"}})
 
 
-def test_a_source_that_stopped_delivering_fails_its_run_loudly_and_alerts(spark, tmp_path):
+def test_a_source_that_stopped_delivering_fails_its_run_loudly_and_alerts(spark, tmp_path, fault):
     """A date without a delivery is skipped while the source's last delivery is recent; once it is
     LAKEHOUSE_STALE_AFTER_DAYS_<SOURCE> days old the run fails, and the failure is logged and posted to the
     alert connection (its token in the request, never in the log)."""
@@ -239,9 +261,10 @@ def test_a_source_that_stopped_delivering_fails_its_run_loudly_and_alerts(spark,
     (alert,) = [item for item in alerts.received if item["body"]["task_id"] == "orders.find_delivery"]
     assert alert["path"] == "/hooks/lakehouse" and alert["authorization"] == f"Bearer {token}"
     assert alert["body"]["dag_id"] == "lakehouse_daily" and "none since 2010-12-01" in alert["body"]["error"]
+    fault("source stopped delivering", "no orders for 19 days, alert connection", "run failed, alert posted")
 
 
-def test_a_refused_gold_run_writes_no_rollup_either(spark, lakehouse, monkeypatch):
+def test_a_refused_gold_run_writes_no_rollup_either(spark, lakehouse, monkeypatch, fault):
     """Write-audit-publish holds for every table a job writes: a gold run whose marts fail their gate leaves
     the rollups it would have refreshed (gold/rollup_*) at their previous versions too."""
     import spark_jobs.transforms.gold as transforms
@@ -264,7 +287,10 @@ def test_a_refused_gold_run_writes_no_rollup_either(spark, lakehouse, monkeypatc
     def versions() -> dict[str, int]:
         return {table: tables.version(spark, lakehouse.table_location("gold", table)) for table in rollups}
 
-    before = versions()
+    def rows() -> int:
+        return sum(tables.read(spark, lakehouse.table_location("gold", table)).count() for table in rollups)
+
+    before, rows_before = versions(), rows()
     real = transforms.marts_of
 
     def nameless(aggregate):
@@ -281,13 +307,15 @@ def test_a_refused_gold_run_writes_no_rollup_either(spark, lakehouse, monkeypatc
     with pytest.raises(GateFailed, match="gold.product_conversion"):
         run_gold(spark, lakehouse, EVENTS, days[1], "broken")
     assert versions() == before, "a refused gold run refreshed a rollup"
+    fault("gold gate fails", "product_conversion without product ids", "refused, rollups unchanged",
+          rows_before - rows())
 
     monkeypatch.setattr(transforms, "marts_of", real)
     run_gold(spark, lakehouse, EVENTS, days[1], "fixed")
     assert all(versions()[table] > before[table] for table in rollups)
 
 
-def test_duplicates_do_not_refuse_a_date_and_an_operator_can_accept_a_refused_one(spark, lakehouse):
+def test_duplicates_do_not_refuse_a_date_and_an_operator_can_accept_a_refused_one(spark, lakehouse, fault):
     """A clickstream day whose exact duplicate clicks are 6% of its lines passes the 5% events threshold:
     duplicates are counted apart from defects. A day refused for its defects is accepted when the run raises
     the threshold (the run's max_quarantine_share), and the silver log says so."""
@@ -324,12 +352,16 @@ def test_duplicates_do_not_refuse_a_date_and_an_operator_can_accept_a_refused_on
         run_silver(spark, lakehouse, EVENTS, day, "refused")
     accepted = run_silver(spark, lakehouse, EVENTS, day, "accepted", max_quarantine_share=0.1)
     assert (accepted.silver_rows, accepted.quarantined_rows, accepted.duplicate_rows) == (460, 40, 0)
+    fault("duplicate clicks 5.7%", "30 of 500 events delivered twice", "published, 30 duplicates apart",
+          530 - result.silver_rows - result.quarantined_rows)
+    fault("defects 8%, operator accepts", "max_quarantine_share 0.1 after a refusal", "published 460 + 40",
+          500 - accepted.silver_rows - accepted.quarantined_rows)
 
 
 SCRIPT = "<script>alert(1)</script>"
 
 
-def test_a_delivered_script_in_a_failure_sample_is_shown_escaped(spark, lakehouse, monkeypatch, tmp_path):
+def test_a_delivered_script_in_a_failure_sample_is_shown_escaped(spark, lakehouse, monkeypatch, tmp_path, fault):
     """Data Docs pages show delivered values (failure samples): HTML in them must be text, not markup, in
     GX's own column samples and in the SQL checks' sample rows this project renders."""
     from expectations import gate
@@ -350,9 +382,10 @@ def test_a_delivered_script_in_a_failure_sample_is_shown_escaped(spark, lakehous
     assert SCRIPT not in text, "a delivered value is rendered as markup"
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text or "&lt;script&gt;alert(1)&lt;&#x2F;script&gt;" in text
     assert SCRIPT in str(failure.value), "the task log keeps the value as delivered"
+    fault("script in a failure sample", "<script> as an event type", "escaped in Data Docs")
 
 
-def test_the_data_docs_plugin_serves_nothing_outside_its_site(lakehouse, monkeypatch, tmp_path):
+def test_the_data_docs_plugin_serves_nothing_outside_its_site(lakehouse, monkeypatch, tmp_path, fault):
     """Encoded `..` in a Data Docs URL cannot reach files beside the site (served by the plugin's own app, the
     login dependency replaced by a signed-in user)."""
     from fastapi.testclient import TestClient
@@ -373,5 +406,6 @@ def test_the_data_docs_plugin_serves_nothing_outside_its_site(lakehouse, monkeyp
             response = client.get(path)
             assert response.status_code == 404 and "not for the web" not in response.text, path
         assert client.get("/runs/..%2f..%2fsecret.txt").status_code == 404
+        fault("encoded .. in a Data Docs URL", "/data-docs/..%2f..%2fsecret.txt and others", "404")
     finally:
         plugin.app.dependency_overrides.clear()
