@@ -89,8 +89,9 @@ def run_gold(spark, settings: Settings, source: Source, ingestion_date: date, ru
         raise RuntimeError(f"{silver_path} is not a Delta table: run the silver job for {source.name} first")
     # Every mart is brought to the same silver version, read as of that version throughout.
     version = store.version(spark, silver_path)
+    silver_id = store.identity(spark, silver_path)
     silver = store.read(spark, silver_path, versionAsOf=version)
-    seen = _progress(spark, settings)
+    seen, seen_ids = _progress(spark, settings)
 
     plans: dict[str, str] = {}
     for mart in marts:
@@ -101,6 +102,11 @@ def run_gold(spark, settings: Settings, source: Source, ingestion_date: date, ru
                                      for table in _tables_of(mart)):
             plans[mart.table] = "full"
             log.info("gold %s: first build, from all of silver %s", mart.table, source.name)
+        elif seen_ids.get(mart.table) not in (None, silver_id):
+            # Version numbers alone cannot tell: a silver table made again may have grown past the mart's version.
+            plans[mart.table] = "full"
+            log.warning("gold %s reflects silver %s table %s, but silver is now table %s (deleted and made again): "
+                        "rebuilding", mart.table, source.name, seen_ids[mart.table], silver_id)
         elif last > version:
             plans[mart.table] = "full"
             log.warning("gold %s reflects silver %s version %s but silver is at %s (recreated?): rebuilding",
@@ -182,7 +188,7 @@ def run_gold(spark, settings: Settings, source: Source, ingestion_date: date, ru
                  plans[mart.table], version, "" if keys is None else f", {keys:,} keys {done}", results[-1].seconds)
     # Dependents first: uncaching a frame that cached frames are built on makes Spark plan those again.
     store.release(*reversed(cached), *([changes] if changes is not None else []))
-    _record_progress(spark, settings, source, ingestion_date, run_id, results)
+    _record_progress(spark, settings, source, ingestion_date, run_id, results, silver_id)
     return results
 
 
@@ -247,21 +253,24 @@ def _refresh_rollup(spark, settings: Settings, rollup, silver, changes, last_ver
     return staged, write, [rows, staged]
 
 
-def _progress(spark, settings: Settings) -> dict[str, int]:
-    """The silver version each mart reflects, from `gold/mart_progress`."""
+def _progress(spark, settings: Settings) -> tuple[dict[str, int], dict[str, str | None]]:
+    """The silver version each mart reflects, and the id of the silver table it was (None where a progress
+    table from before the ids were recorded says nothing), from `gold/mart_progress`."""
     from pyspark.sql import functions as F
 
     path = settings.table_location("gold", PROGRESS_TABLE)
     if not store.exists(spark, path):
-        return {}
-    rows = (store.read(spark, path)
-            .groupBy("mart").agg(F.max_by("silver_version", "recorded_at").alias("silver_version")).collect())
-    return {row.mart: row.silver_version for row in rows}
+        return {}, {}
+    progress = store.read(spark, path)
+    table_id = F.col("silver_table_id") if "silver_table_id" in progress.columns else F.lit(None).cast("string")
+    rows = (progress.groupBy("mart").agg(F.max_by("silver_version", "recorded_at").alias("silver_version"),
+                                         F.max_by(table_id, "recorded_at").alias("silver_table_id")).collect())
+    return {row.mart: row.silver_version for row in rows}, {row.mart: row.silver_table_id for row in rows}
 
 
 def _record_progress(spark, settings: Settings, source: Source, ingestion_date: date, run_id: str,
-                     results: list[MartResult]) -> None:
-    """One row per mart and run, appended: which silver version the mart now reflects, and how."""
+                     results: list[MartResult], silver_id: str) -> None:
+    """One row per mart and run, appended: which silver table and version the mart now reflects, and how."""
     from pyspark.sql import types as T
 
     schema = T.StructType([
@@ -274,12 +283,14 @@ def _record_progress(spark, settings: Settings, source: Source, ingestion_date: 
         T.StructField("ingestion_date", T.DateType(), False),
         T.StructField("run_id", T.StringType(), False),
         T.StructField("recorded_at", T.TimestampType(), False),
+        T.StructField("silver_table_id", T.StringType(), True),
     ])
     now = datetime.now(timezone.utc)
     rows = [(result.table, source.name, result.silver_version, result.refresh, result.keys, round(result.seconds, 3),
-             ingestion_date, run_id, now) for result in results]
-    store.save(spark, spark.createDataFrame(rows, schema).write.format("delta").mode("append"),
-                settings.table_location("gold", PROGRESS_TABLE))
+             ingestion_date, run_id, now, silver_id) for result in results]
+    # mergeSchema: a progress table from before the table ids were recorded gets the column (null in old rows).
+    store.save(spark, spark.createDataFrame(rows, schema).write.format("delta").mode("append")
+               .option("mergeSchema", "true"), settings.table_location("gold", PROGRESS_TABLE))
 
 
 def _changes(spark, silver_path: str, since: int, until: int, marts):

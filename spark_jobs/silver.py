@@ -93,6 +93,14 @@ def run_silver(spark, settings: Settings, source: Source, ingestion_date: date, 
         later = sorted(row._ingestion_date for row in (
             stored.where(F.col("_ingestion_date") > F.lit(ingestion_date))
             .join(touched, "fingerprint", "left_semi").select("_ingestion_date").distinct().collect()))
+    # Dates silver holds but the index does not (an index lost, or restored to an older version) would no
+    # longer catch the duplicates of their rows: they are decided again from bronze, which rebuilds their entries.
+    unindexed = _unindexed_dates(spark, settings, source, stored, ingestion_date)
+    if unindexed:
+        log.warning("silver %s %s: silver/fingerprints has no entries for %d date(s) silver holds (%s): deciding "
+                    "them again from bronze, which rebuilds their entries", source.name, ingestion_date,
+                    len(unindexed), ", ".join(map(str, unindexed)))
+        later = sorted(set(later) | set(unindexed))
     dates = (ingestion_date, *later)
 
     # 3. Decide those dates together from their bronze rows and the index as it will stand: the other
@@ -108,6 +116,8 @@ def run_silver(spark, settings: Settings, source: Source, ingestion_date: date, 
     else:
         index = decided
     bronze_rows = dict(rows.groupBy("_ingestion_date").count().collect())
+    if later:
+        _refuse_to_shrink(spark, settings, source, ingestion_date, run_id, bronze, later, bronze_rows)
     small = sum(bronze_rows.values()) <= BROADCAST_FINGERPRINTS
     suspects = store.cache(duplicate_suspects(index, dates, broadcast=small))
     kept, rejected = split_duplicates(source, rows, suspects, run_id,
@@ -173,6 +183,53 @@ def run_silver(spark, settings: Settings, source: Source, ingestion_date: date, 
              validation_seconds,
              f"; later dates decided again: {', '.join(map(str, later))}" if later else "")
     return result
+
+
+def _unindexed_dates(spark, settings: Settings, source: Source, stored, ingestion_date: date) -> list[date]:
+    """The dates other than `ingestion_date` with rows in silver and no entry in the index (`stored`: the
+    source's entries, None without an index table)."""
+    from pyspark.sql import functions as F
+
+    silver_path = settings.table_location("silver", source.name)
+    if not store.exists(spark, silver_path):
+        return []
+    held = store.read(spark, silver_path).select("_ingestion_date").distinct()
+    if stored is not None:
+        held = held.join(stored.select("_ingestion_date").distinct(), "_ingestion_date", "left_anti")
+    return sorted(row[0] for row in held.where(F.col("_ingestion_date") != F.lit(ingestion_date)).collect())
+
+
+def _refuse_to_shrink(spark, settings: Settings, source: Source, ingestion_date: date, run_id: str, bronze,
+                      again: list[date], bronze_rows: dict) -> None:
+    """Dates decided again are rebuilt from bronze: where bronze now holds fewer rows of such a date than its
+    silver and quarantine rows (bronze lost them: deleted, or a table restored by hand), rebuilding would
+    delete published rows and the accounting gate, comparing with bronze, could not tell. Refused, unless
+    this run ingested that date's bronze again itself."""
+    from pyspark.sql import functions as F
+
+    held: dict[date, int] = {}
+    for table, where in ((source.name, None), ("quarantine", F.col("source") == source.name)):
+        path = settings.table_location("silver", table)
+        if not store.exists(spark, path):
+            continue
+        rows = store.read(spark, path).where(F.col("_ingestion_date").isin(*again))
+        rows = rows.where(where) if where is not None else rows
+        for day, count in rows.groupBy("_ingestion_date").count().collect():
+            held[day] = held.get(day, 0) + count
+    shrunk = {day: (held[day], bronze_rows.get(day, 0)) for day in again if bronze_rows.get(day, 0) < held.get(day, 0)}
+    if not shrunk:
+        return
+    reingested = {row[0] for row in bronze.where(F.col("_ingestion_date").isin(*shrunk) & (F.col("_run_id") == run_id))
+                  .select("_ingestion_date").distinct().collect()}
+    lost = {day: figures for day, figures in shrunk.items() if day not in reingested}
+    if lost:
+        raise GateFailed(
+            f"silver {source.name} {ingestion_date} not published: it shares rows with "
+            f"{', '.join(map(str, sorted(lost)))}, which must be decided again from bronze, but bronze holds fewer "
+            f"rows of " + "; ".join(f"{day} ({now:,} rows, where silver and quarantine hold {before:,})"
+                                   for day, (before, now) in sorted(lost.items()))
+            + ": deciding again would delete published rows. Load those dates into bronze again (their deliveries"
+              " are in the landing zone), then run this date again")
 
 
 def _index_entries(source: Source, rows):

@@ -76,6 +76,12 @@ def version(spark, location: str) -> int:
     return spark.sql(f"DESCRIBE HISTORY {sql_name(location)} LIMIT 1").select("version").first()[0]
 
 
+def identity(spark, location: str) -> str:
+    """The table's id in its log: it stays through every commit, and a table deleted and made again has a new
+    one, whatever its version numbers."""
+    return spark.sql(f"DESCRIBE DETAIL {sql_name(location)}").select("id").first()[0]
+
+
 def size_bytes(spark, location: str) -> int:
     """The bytes of the table's current files, from its log."""
     return spark.sql(f"DESCRIBE DETAIL {sql_name(location)}").select("sizeInBytes").first()[0]

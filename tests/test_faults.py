@@ -409,3 +409,86 @@ def test_the_data_docs_plugin_serves_nothing_outside_its_site(lakehouse, monkeyp
         fault("encoded .. in a Data Docs URL", "/data-docs/..%2f..%2fsecret.txt and others", "404")
     finally:
         plugin.app.dependency_overrides.clear()
+
+
+LINE_B = "536366,22633,HAND WARMER UNION JACK,6,2010-12-01 08:28:00,1.85,17850,United Kingdom"
+LINE_C = "536367,84879,ASSORTED COLOUR BIRD ORNAMENT,32,2010-12-01 08:34:00,1.69,13047,United Kingdom"
+
+
+def _silver_rows(spark, settings, day: date) -> int:
+    from spark_jobs import tables
+
+    return tables.read(spark, settings.table_location("silver", "orders")).where(f"_ingestion_date = '{day}'").count()
+
+
+def test_silver_refuses_to_empty_a_later_date_whose_bronze_rows_were_lost(spark, lakehouse, fault):
+    """Deciding a date again (it shares rows with an earlier date processed after it) rebuilds it from bronze;
+    where bronze lost that date's rows, silver refuses rather than delete what it published."""
+    from expectations.gate import GateFailed
+    from spark_jobs import tables
+
+    days = [date(2010, 12, 1), date(2010, 12, 2)]
+    ungated = dataclasses.replace(lakehouse, gates=False)
+    deliver(lakehouse, "orders", days[0].isoformat(), "day.csv", f"{ORDERS.header}\n{ORDER_LINE}\n")
+    deliver(lakehouse, "orders", days[1].isoformat(), "day.csv", f"{ORDERS.header}\n{ORDER_LINE}\n{LINE_B}\n")
+    for day in days:
+        run_bronze(spark, ungated, ORDERS, day, "bronze")
+    run_silver(spark, lakehouse, ORDERS, days[1], "silver day 2")
+    assert _silver_rows(spark, lakehouse, days[1]) == 2
+    spark.sql(f"DELETE FROM {tables.sql_name(lakehouse.table_location('bronze', 'orders'))} "
+              f"WHERE _ingestion_date = DATE'{days[1]}'")
+    with pytest.raises(GateFailed, match=r"2010-12-02 \(0 rows, where silver and quarantine hold 2\)"):
+        run_silver(spark, lakehouse, ORDERS, days[0], "silver day 1")
+    fault("bronze of a later date lost", "bronze 2010-12-02 deleted, silver 2010-12-01 run", "refused",
+          2 - _silver_rows(spark, lakehouse, days[1]))
+
+    run_bronze(spark, ungated, ORDERS, days[1], "bronze again")  # the delivery is still in the landing zone
+    run_silver(spark, lakehouse, ORDERS, days[0], "silver day 1 again")
+    assert (_silver_rows(spark, lakehouse, days[0]), _silver_rows(spark, lakehouse, days[1])) == (1, 1), \
+        "day 1 keeps the shared line, day 2 its own one"
+
+
+def test_a_lost_fingerprint_index_is_rebuilt_and_still_catches_duplicates(spark, lakehouse, fault):
+    """Without silver/fingerprints a later date's copy of an earlier row would be kept as new: the dates
+    silver holds and the index does not are decided again from bronze, which rebuilds their entries."""
+    days = [date(2010, 12, 1), date(2010, 12, 2)]
+    ungated = dataclasses.replace(lakehouse, gates=False)
+    deliver(lakehouse, "orders", days[0].isoformat(), "day.csv", f"{ORDERS.header}\n{ORDER_LINE}\n{LINE_B}\n")
+    deliver(lakehouse, "orders", days[1].isoformat(), "day.csv", f"{ORDERS.header}\n{ORDER_LINE}\n{LINE_C}\n")
+    for day in days:
+        run_bronze(spark, ungated, ORDERS, day, "bronze")
+    run_silver(spark, lakehouse, ORDERS, days[0], "silver day 1")
+    shutil.rmtree(lakehouse.warehouse / "silver" / "fingerprints")
+    result = run_silver(spark, lakehouse, ORDERS, days[1], "silver day 2")
+    assert (result.silver_rows, result.duplicate_rows) == (1, 1), "day 2's copy of day 1's line is a duplicate"
+    assert _silver_rows(spark, lakehouse, days[0]) == 2
+    fault("fingerprint index deleted", "silver/fingerprints removed, next date run", "index rebuilt, duplicate caught",
+          2 - _silver_rows(spark, lakehouse, days[0]))
+
+
+def test_gold_rebuilds_from_a_silver_table_made_again_past_its_version(spark, lakehouse, fault):
+    """Gold keys its progress on silver's version and table id: a silver table deleted and built again up to
+    a later version than the marts saw must not be read as a change feed continuing the old one."""
+    from spark_jobs import tables
+    from spark_jobs.gold import run_gold
+    from spark_jobs.transforms.gold import marts_of
+
+    days = [date(2010, 12, 1), date(2010, 12, 2), date(2010, 12, 3)]
+    lines = [ORDER_LINE, LINE_B, LINE_C]
+    ungated = dataclasses.replace(lakehouse, gates=False)
+    for day, line in zip(days, lines):
+        deliver(lakehouse, "orders", day.isoformat(), "day.csv", f"{ORDERS.header}\n{line}\n")
+        run_bronze(spark, ungated, ORDERS, day, "bronze")
+    run_silver(spark, ungated, ORDERS, days[0], "silver")
+    run_gold(spark, ungated, ORDERS, days[0], "gold")  # reflects silver version 0
+    for table in ("orders", "fingerprints", "quarantine", "dim_customer", "dim_product"):
+        shutil.rmtree(lakehouse.warehouse / "silver" / table, ignore_errors=True)
+    run_silver(spark, ungated, ORDERS, days[1], "silver again")  # version 0 of a new table
+    run_silver(spark, ungated, ORDERS, days[2], "silver again")  # version 1
+    results = run_gold(spark, ungated, ORDERS, days[2], "gold")
+    assert {result.refresh for result in results} == {"full"}
+    silver = tables.read(spark, lakehouse.table_location("silver", "orders"))
+    for mart in marts_of("orders"):
+        stored = tables.read(spark, lakehouse.table_location("gold", mart.table))
+        assert sorted(stored.collect()) == sorted(mart.build(silver).select(*stored.columns).collect()), mart.table
+    fault("silver made again past gold's version", "silver deleted, 2 new commits, gold run", "gold rebuilt, exact")
