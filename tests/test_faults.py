@@ -1,7 +1,9 @@
-"""The fault suite's fast cases: what goes wrong around the data (a broken suite file, a bad setting, an
-empty or unrecognised delivery, a moved warehouse) fails loudly and specifically, and loses nothing.
+"""The fault suite: what goes wrong around the data (a bad setting or suite file, an empty or unrecognised
+delivery, bronze rows or the fingerprint index lost, silver made again, a silent source, a refused gold run,
+hostile values in Data Docs, a moved warehouse) fails loudly and specifically, and loses no published row.
 
-`make test-faults` runs these with the slow cases (marked `slow` too); `make test` runs these.
+Each case records a row of the table printed at the end of the run (tests/conftest.py). `make test-faults`
+runs the suite (cases also marked `slow`, once there are any, included); `make test` runs the fast ones.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import dataclasses
 import re
 import shutil
 from datetime import date
+
 import pytest
 
 from include.config import PROJECT_ROOT, ConfigurationError
@@ -421,18 +424,23 @@ def _silver_rows(spark, settings, day: date) -> int:
     return tables.read(spark, settings.table_location("silver", "orders")).where(f"_ingestion_date = '{day}'").count()
 
 
+def _two_order_days(spark, settings, first: list[str], second: list[str]) -> list[date]:
+    """2010-12-01 and 2010-12-02 delivered with these order lines and loaded into bronze."""
+    days = [date(2010, 12, 1), date(2010, 12, 2)]
+    for day, lines in zip(days, (first, second)):
+        deliver(settings, "orders", day.isoformat(), "day.csv", "\n".join([ORDERS.header, *lines]) + "\n")
+        run_bronze(spark, dataclasses.replace(settings, gates=False), ORDERS, day, "bronze")
+    return days
+
+
 def test_silver_refuses_to_empty_a_later_date_whose_bronze_rows_were_lost(spark, lakehouse, fault):
     """Deciding a date again (it shares rows with an earlier date processed after it) rebuilds it from bronze;
     where bronze lost that date's rows, silver refuses rather than delete what it published."""
     from expectations.gate import GateFailed
     from spark_jobs import tables
 
-    days = [date(2010, 12, 1), date(2010, 12, 2)]
+    days = _two_order_days(spark, lakehouse, [ORDER_LINE], [ORDER_LINE, LINE_B])
     ungated = dataclasses.replace(lakehouse, gates=False)
-    deliver(lakehouse, "orders", days[0].isoformat(), "day.csv", f"{ORDERS.header}\n{ORDER_LINE}\n")
-    deliver(lakehouse, "orders", days[1].isoformat(), "day.csv", f"{ORDERS.header}\n{ORDER_LINE}\n{LINE_B}\n")
-    for day in days:
-        run_bronze(spark, ungated, ORDERS, day, "bronze")
     run_silver(spark, lakehouse, ORDERS, days[1], "silver day 2")
     assert _silver_rows(spark, lakehouse, days[1]) == 2
     spark.sql(f"DELETE FROM {tables.sql_name(lakehouse.table_location('bronze', 'orders'))} "
@@ -451,12 +459,7 @@ def test_silver_refuses_to_empty_a_later_date_whose_bronze_rows_were_lost(spark,
 def test_a_lost_fingerprint_index_is_rebuilt_and_still_catches_duplicates(spark, lakehouse, fault):
     """Without silver/fingerprints a later date's copy of an earlier row would be kept as new: the dates
     silver holds and the index does not are decided again from bronze, which rebuilds their entries."""
-    days = [date(2010, 12, 1), date(2010, 12, 2)]
-    ungated = dataclasses.replace(lakehouse, gates=False)
-    deliver(lakehouse, "orders", days[0].isoformat(), "day.csv", f"{ORDERS.header}\n{ORDER_LINE}\n{LINE_B}\n")
-    deliver(lakehouse, "orders", days[1].isoformat(), "day.csv", f"{ORDERS.header}\n{ORDER_LINE}\n{LINE_C}\n")
-    for day in days:
-        run_bronze(spark, ungated, ORDERS, day, "bronze")
+    days = _two_order_days(spark, lakehouse, [ORDER_LINE, LINE_B], [ORDER_LINE, LINE_C])
     run_silver(spark, lakehouse, ORDERS, days[0], "silver day 1")
     shutil.rmtree(lakehouse.warehouse / "silver" / "fingerprints")
     result = run_silver(spark, lakehouse, ORDERS, days[1], "silver day 2")

@@ -202,7 +202,7 @@ def _group_alive(pid: int) -> bool:
 
 
 def backfill(stack: Stack, first: str, last: str, reprocess: str = "none", max_active_runs: int | None = None,
-             env: dict[str, str] | None = None, attempts: int = 3) -> None:
+             env: dict[str, str] | None = None, attempts: int = 6) -> None:
     """`airflow backfill create` over the ingestion dates first..last (inclusive), after unpausing the
     DAG (the runs of a paused DAG's backfill stay queued).
 
@@ -229,7 +229,8 @@ def backfill(stack: Stack, first: str, last: str, reprocess: str = "none", max_a
             raise SystemExit(f"{' '.join(command)} failed:\n{output[-4000:]}")
         print(f"backfill: the metadata database was locked by another Airflow process; trying again "
               f"({attempt + 1} of {attempts})", flush=True)
-        time.sleep(5)
+        # Longer each time: the scheduler's busy spell after an unpause (its first runs, its parsing) passes.
+        time.sleep(5 * attempt)
 
 
 def status(stack: Stack, quiet: bool = False) -> int:
