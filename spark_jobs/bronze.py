@@ -85,9 +85,8 @@ def run_bronze(spark, settings: Settings, source: Source, ingestion_date: date, 
     # Audit, then publish: the date's rows are staged in memory and validated (one row per delivered
     # data line, every file's header the source's layout); only then are bronze and the manifest written.
     staged = bronze
-    if settings.gates:  # parsed once, here: the gate reads the rows from memory and the write goes from there
+    if settings.gates:  # parsed once, by the gate's first query: the gate reads the rows from memory, the write too
         staged = store.cache(bronze)
-        staged.count()
     validating = time.monotonic()
     audit(spark, settings, "bronze", source.name, ingestion_date, [
         Check(source.name, staged, parameters={"delivered_lines": expected_rows}),

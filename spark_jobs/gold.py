@@ -156,9 +156,8 @@ def run_gold(spark, settings: Settings, source: Source, ingestion_date: date, ru
                 else:
                     staged.append((mart, *_stage_keys(spark, path, mart, inputs, touched, counts[mart.table])))
         if settings.gates and staged and staged[-1][0] is mart:
-            # Computed once, here: the gate reads it from memory and the write goes from there.
+            # Computed once, by the gate's first query: the gate reads it from memory, the write too.
             frame = store.cache(staged[-1][1])
-            frame.count()
             cached.append(frame)
             staged[-1] = (mart, frame, staged[-1][2])
         seconds[mart.table] = time.monotonic() - started

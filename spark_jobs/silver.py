@@ -127,9 +127,8 @@ def run_silver(spark, settings: Settings, source: Source, ingestion_date: date, 
     # history rebuilt from all silver orders as they will stand) are staged in memory and validated;
     # only if every suite passes are they written, so a refused date leaves every table as it was.
     if settings.gates:
-        # Computed once, here: the gate reads them from memory and the writes go from there.
+        # Computed once, by the gate's first query of each: the gate reads them from memory, the writes too.
         kept, rejected = store.cache(kept), store.cache(rejected)
-        kept.count(), rejected.count()
     staged = {"bronze_rows_by_date": spark.createDataFrame(
                   [(current, bronze_rows.get(current, 0), threshold) for current in dates],
                   "_ingestion_date DATE, bronze_rows BIGINT, max_quarantine_share DOUBLE"),
@@ -143,8 +142,6 @@ def run_silver(spark, settings: Settings, source: Source, ingestion_date: date, 
         dimensions = [(dimension, dimension.versions(orders)) for dimension in DIMENSIONS]
         if settings.gates:
             dimensions = [(dimension, store.cache(frame)) for dimension, frame in dimensions]
-            for _, frame in dimensions:
-                frame.count()
         staged.update({f"staged_{dimension.table}": frame for dimension, frame in dimensions})
     validating = time.monotonic()
     audit(spark, settings, "silver", source.name, ingestion_date, [

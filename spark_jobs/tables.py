@@ -20,7 +20,9 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import re
 import time
+from pathlib import Path
 
 log = logging.getLogger("lakehouse.tables")
 
@@ -35,6 +37,8 @@ CONFLICT_ERRORS = (
     "ProtocolChangedException",
 )
 CONFLICT_ATTEMPTS = 3
+# A commit or checkpoint file of a Delta log, named after the table version it makes (Delta's protocol).
+_LOG_ENTRY = re.compile(r"^(\d{20})\.(json|checkpoint(\.[^/]*)?\.parquet)$")
 _views = itertools.count(1)
 
 
@@ -58,6 +62,13 @@ def exists(spark, location: str) -> bool:
 
     if is_name(location):
         return spark.catalog.tableExists(location)
+    log_dir = _local_log(location)
+    if log_dir is not None:
+        # On this machine's disk the log says it without a query, which costs the server a snapshot of the table.
+        try:
+            return any(_LOG_ENTRY.match(name) for name in os.listdir(log_dir))
+        except (FileNotFoundError, NotADirectoryError):
+            return False
     try:
         spark.sql(f"DESCRIBE DETAIL {sql_name(location)}").select("format").first()
     except AnalysisException:
@@ -73,7 +84,27 @@ def read(spark, location: str, **options):
 
 def version(spark, location: str) -> int:
     """The table's latest version."""
+    log_dir = _local_log(location)
+    if log_dir is not None:
+        # Delta's protocol names every commit `<version, 20 digits>.json`: the newest one is the table's version.
+        commits = [int(match.group(1)) for match in map(_LOG_ENTRY.match, os.listdir(log_dir))
+                   if match and match.group(2) == "json"]
+        if commits:
+            return max(commits)
     return spark.sql(f"DESCRIBE HISTORY {sql_name(location)} LIMIT 1").select("version").first()[0]
+
+
+def _local_log(location: str) -> Path | None:
+    """The `_delta_log` folder of a table at a path on this machine's disk (the warehouse of every runtime but
+    Databricks); None for a catalog name or a remote URI."""
+    if is_name(location):
+        return None
+    if location.startswith("file:"):
+        location = location[len("file:"):]
+        location = "/" + location.lstrip("/")
+    elif "://" in location or not location.startswith("/"):
+        return None
+    return Path(location) / "_delta_log"
 
 
 def identity(spark, location: str) -> str:
