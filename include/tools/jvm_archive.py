@@ -43,7 +43,8 @@ def _workload(root: Path) -> None:
     from spark_jobs.gold import run_gold
     from spark_jobs.silver import run_silver
 
-    settings = Settings.from_env({"LAKEHOUSE_LANDING": str(root / "landing"),
+    # The archive is of a spark-submit driver, the JVM of the `local` and `spark` runtimes: this one runs the jobs.
+    settings = Settings.from_env({"LAKEHOUSE_RUNTIME": "local", "LAKEHOUSE_LANDING": str(root / "landing"),
                                   "LAKEHOUSE_WAREHOUSE": str(root / "warehouse"), "LAKEHOUSE_GATES": "false"})
     generate_events.main(["--from", WORKLOAD_DAY.isoformat(), "--days", "1", "--events-per-day", "500",
                           "--defect-rate", "0.02", "--landing", str(settings.landing)])
@@ -60,7 +61,8 @@ def build(target: Path) -> Path:
     jars = delta_jars()
     if not jars:
         raise RuntimeError("the Delta jars are not in the venv yet: run `python -m include.tools.delta_jars` first")
-    settings = Settings.from_env({"LAKEHOUSE_SPARK_MASTER": "local[2]", "LAKEHOUSE_SPARK_UI": "false"})
+    settings = Settings.from_env({"LAKEHOUSE_RUNTIME": "local", "LAKEHOUSE_SPARK_MASTER": "local[2]",
+                                  "LAKEHOUSE_SPARK_UI": "false"})
     conf = {key: value for key, value in settings.spark_conf().items()
             if key not in ("spark.driver.memory", "spark.driver.extraJavaOptions")}
     conf["spark.driver.extraJavaOptions"] = f"-Dlog4j.configurationFile=file:{LOG4J_CONFIG} " \
