@@ -156,15 +156,22 @@ def run_silver(spark, settings: Settings, source: Source, ingestion_date: date, 
     today = F.count_if(F.col("_ingestion_date") == F.lit(ingestion_date)).alias("rows")
     duplicates = F.count_if((F.col("_ingestion_date") == F.lit(ingestion_date)) & (F.col("rule") == "duplicate")
                             ).alias("duplicates")
-    # The change feed tells the gold job which rows each run inserted and removed.
-    replace_partition(kept.observe(kept_counts, today), settings.table_location("silver", source.name), on_dates,
-                      ["_ingestion_date"], {"delta.enableChangeDataFeed": "true"})
-    replace_partition(rejected.observe(rejected_counts, today, duplicates),
-                      settings.table_location("silver", "quarantine"),
-                      f"source = '{source.name}' AND {on_dates}", ["source", "_ingestion_date"])
-    for dimension, frame in dimensions:
-        store.save(spark, frame.write.format("delta").mode("overwrite"),
-                   settings.table_location("silver", dimension.table))
+    silver_path = settings.table_location("silver", source.name)
+    quarantine_path = settings.table_location("silver", "quarantine")
+    # Three rounds, each of tables none of its writes reads. The dimensions first: they are built from silver
+    # orders, so writing those first would make the server drop their cached rows and build them again for
+    # their own writes. The index last: the silver and quarantine rows are decided from it.
+    store.side_by_side(spark, *(
+        lambda frame=frame, table=dimension.table: store.save(
+            spark, frame.write.format("delta").mode("overwrite"), settings.table_location("silver", table))
+        for dimension, frame in dimensions))
+    store.side_by_side(
+        spark,
+        # The change feed tells the gold job which rows each run inserted and removed.
+        lambda: replace_partition(kept.observe(kept_counts, today), silver_path, on_dates, ["_ingestion_date"],
+                                  {"delta.enableChangeDataFeed": "true"}),
+        lambda: replace_partition(rejected.observe(rejected_counts, today, duplicates), quarantine_path,
+                                  f"source = '{source.name}' AND {on_dates}", ["source", "_ingestion_date"]))
     # The later dates' entries are written again too: their silver rows now come from bronze as it stands.
     replace_partition(decided, index_path, f"source = '{source.name}' AND {on_dates}", ["source", "_ingestion_date"])
     silver_rows = observed(kept_counts, kept, today)["rows"]

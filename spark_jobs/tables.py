@@ -22,6 +22,8 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 log = logging.getLogger("lakehouse.tables")
@@ -37,6 +39,9 @@ CONFLICT_ERRORS = (
     "ProtocolChangedException",
 )
 CONFLICT_ATTEMPTS = 3
+# Writes `side_by_side` runs at once: a small table's write is mostly the driver's planning and Delta's commit
+# work, one core each, so two keep both cores of a small machine busy.
+WRITERS = 2
 # A commit or checkpoint file of a Delta log, named after the table version it makes (Delta's protocol).
 _LOG_ENTRY = re.compile(r"^(\d{20})\.(json|checkpoint(\.[^/]*)?\.parquet)$")
 _views = itertools.count(1)
@@ -171,9 +176,26 @@ def _committed(write, location: str) -> None:
             time.sleep(attempt)
 
 
+def side_by_side(spark, *writes: Callable[[], None]) -> None:
+    """Run `writes` (each to a table of its own, none reading what another writes) WRITERS at a time, in
+    threads that carry the session's operation tags (so that interrupting the task's tag stops them too).
+    Every write runs to its end; then the first error, if any, is raised."""
+    if len(writes) < 2:
+        for write in writes:
+            write()
+        return
+    tags = spark.getTags()
+    with ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="delta-write",
+                            initializer=lambda: [spark.addTag(tag) for tag in tags]) as pool:
+        futures = [pool.submit(write) for write in writes]
+    for future in futures:
+        if future.exception() is not None:
+            raise future.exception()
+
+
 def cache(frame):
     """`frame` computed once and kept in memory: cached under a temporary view of its session, the frame
-    read back from that view. Count it to fill the cache; `release` it, or `release_cached` the session."""
+    read back from that view. Its first query fills the cache; `release` it, or `release_cached` the session."""
     if os.environ.get("LAKEHOUSE_CACHE_FRAMES", "true").lower() in ("0", "false", "no", "off"):
         return frame  # compute where there is no cache (Databricks serverless): each use computes the frame again
     spark = frame.sparkSession
