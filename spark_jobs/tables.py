@@ -39,6 +39,7 @@ CONFLICT_ERRORS = (
     "ProtocolChangedException",
 )
 CONFLICT_ATTEMPTS = 3
+_NO_SPACE = "No space left on device"
 # Writes `side_by_side` runs at once: a small table's write is mostly the driver's planning and Delta's commit
 # work, one core each, so two keep both cores of a small machine busy.
 WRITERS = 2
@@ -146,6 +147,10 @@ def merge(spark, location: str, source, on: str, clauses: list[str]) -> None:
         spark.catalog.dropTempView(view)
 
 
+class WarehouseFull(OSError):
+    """A write that met a full disk: Delta commits nothing of a write that fails, so the table keeps its version."""
+
+
 def is_conflict(error: BaseException) -> bool:
     """Whether `error` is Delta refusing a commit because another writer committed first (classic or Connect)."""
     condition = getattr(error, "getCondition", None) or getattr(error, "getErrorClass", None)
@@ -166,6 +171,11 @@ def _committed(write, location: str) -> None:
             write()
             return
         except Exception as error:
+            if _NO_SPACE in str(error):
+                # Spark's message names a task and a file system class; the cause is deep in its trace.
+                raise WarehouseFull(f"{location}: the disk is full (No space left on device) while writing: free "
+                                    f"space, then run the date again (its writes replace what they wrote before)"
+                                    ) from error
             if not is_conflict(error):
                 raise
             if attempt == CONFLICT_ATTEMPTS:

@@ -154,6 +154,8 @@ def _task_time(output: str, event: str, task_id: str) -> float:
     raise AssertionError(f"no '{event}' of {task_id} in the output")
 
 
+# Slow: without the cache every gate query computes its frame again (3.5 minutes of make test's 15 on 2 cores).
+@pytest.mark.slow
 def test_without_a_cache_the_jobs_publish_the_same_tables(server, tmp_path, spark, sample_orders_dir):
     """As on Databricks serverless compute (Spark Connect without a cache): LAKEHOUSE_CACHE_FRAMES=false."""
     import gzip

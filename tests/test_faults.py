@@ -1,9 +1,10 @@
-"""The fault suite: what goes wrong around the data (a bad setting or suite file, an empty or unrecognised
-delivery, bronze rows or the fingerprint index lost, silver made again, a silent source, a refused gold run,
-hostile values in Data Docs, a moved warehouse) fails loudly and specifically, and loses no published row.
+"""The fault suite: what goes wrong around the data (a bad setting or suite file, an empty, unreadable or
+unrecognised delivery, the same file under two dates, a line of 10 MB, bronze rows or the fingerprint index
+lost, silver made again, a silent source, a refused gold run, hostile values in Data Docs, a moved warehouse, a
+full disk) fails loudly and specifically, and loses no published row.
 
 Each case records a row of the table printed at the end of the run (tests/conftest.py). `make test-faults`
-runs the suite (cases also marked `slow`, once there are any, included); `make test` runs the fast ones.
+runs the suite (the cases also marked `slow` included); `make test` runs the fast ones.
 """
 
 from __future__ import annotations
@@ -158,6 +159,36 @@ def test_an_empty_redelivery_does_not_replace_a_date_s_rows_unless_marked_empty(
     (folder / "_EMPTY").touch()
     assert run_bronze(spark, lakehouse, ORDERS, DAY, "empty on purpose").rows == 0
     assert _bronze_rows(spark, lakehouse, DAY) == 0
+
+
+def test_an_unreadable_delivery_is_refused_by_name_and_the_date_keeps_its_rows(spark, lakehouse, fault):
+    """A redelivery that cannot be read whole (a 0-byte file, a gzip cut short, a plain file named .gz, a
+    UTF-16 export) is refused before anything is written, with the file and what is wrong in the message;
+    the date keeps the rows an earlier delivery gave it."""
+    import gzip
+
+    from include.landing import DeliveryError
+
+    folder = lakehouse.landing_dir("orders", DAY.isoformat())
+    good = f"{ORDERS.header}\n{ORDER_LINE}\n{ORDER_LINE}\n"
+    deliver(lakehouse, "orders", DAY.isoformat(), "day.csv.gz", good, compress=True)
+    assert run_bronze(spark, lakehouse, ORDERS, DAY, "first delivery").rows == 2
+    cases = [
+        ("0-byte file", "day.csv", b"", "day.csv: the file is empty"),
+        ("corrupt gzip", "day.csv.gz", gzip.compress(good.encode())[:-12],
+         "day.csv.gz: cannot be read as gzip-compressed CSV"),
+        ("plain file named .gz", "day.csv.gz", good.encode(), "day.csv.gz: cannot be read as gzip-compressed CSV"),
+        ("non-UTF-8 header", "day.csv", good.encode("utf-16"), "day.csv: the header line is not valid UTF-8"),
+    ]
+    for case, name, content, message in cases:
+        for entry in folder.iterdir():
+            entry.unlink()
+        deliver(lakehouse, "orders", DAY.isoformat(), name, content)
+        with pytest.raises(DeliveryError, match=re.escape(message)):
+            run_bronze(spark, lakehouse, ORDERS, DAY, case)
+        lost = 2 - _bronze_rows(spark, lakehouse, DAY)
+        assert lost == 0, f"{case}: the date lost {lost} rows"
+        fault(case, f"{name} ({len(content):,} bytes) over 2 rows", "refused, names the file", lost)
 
 
 def test_a_moved_warehouse_runs_at_once(spark, tmp_path, fault):
@@ -495,3 +526,141 @@ def test_gold_rebuilds_from_a_silver_table_made_again_past_its_version(spark, la
         stored = tables.read(spark, lakehouse.table_location("gold", mart.table))
         assert sorted(stored.collect()) == sorted(mart.build(silver).select(*stored.columns).collect()), mart.table
     fault("silver made again past gold's version", "silver deleted, 2 new commits, gold run", "gold rebuilt, exact")
+
+
+def _accounting(spark, settings, day: date) -> tuple[int, int, int]:
+    """The date's bronze rows, and its silver and quarantine rows."""
+    from spark_jobs import tables
+
+    quarantined = (tables.read(spark, settings.table_location("silver", "quarantine"))
+                   .where(f"source = 'orders' AND _ingestion_date = '{day}'").count())
+    return _bronze_rows(spark, settings, day), _silver_rows(spark, settings, day), quarantined
+
+
+@pytest.mark.slow
+def test_the_same_file_under_two_dates_gives_the_same_tables_in_either_order(spark, tmp_path, sample_orders_dir,
+                                                                             fault):
+    """A sender delivers a real day's file again under the next date: whichever date is processed first, the
+    earlier date keeps the rows and the later one quarantines its copies as duplicates, every line accounted for."""
+    from include.config import Settings
+    from tests.conftest import TEST_SPARK_ENV
+    from spark_jobs import tables as store
+
+    days = [date(2010, 12, 1), date(2010, 12, 2)]
+    content = (sample_orders_dir / "2010-12-01.csv.gz").read_bytes()
+    tables = {}
+    for order in (days, days[::-1]):
+        label = "-".join(day.strftime("%d") for day in order)
+        settings = Settings.from_env({**TEST_SPARK_ENV, "LAKEHOUSE_LANDING": str(tmp_path / label / "landing"),
+                                      "LAKEHOUSE_WAREHOUSE": str(tmp_path / label / "warehouse")})
+        for day in days:
+            deliver(settings, "orders", day.isoformat(), f"{day}.csv.gz", content)
+        for day in order:
+            run_bronze(spark, settings, ORDERS, day, f"bronze {label}")
+            run_silver(spark, settings, ORDERS, day, f"silver {label}")
+        first, second = (_accounting(spark, settings, day) for day in days)
+        assert first[0] == second[0] > 3000, "every delivered line of both copies is a bronze row"
+        assert first[1] > 0 and second[1] == 0, "the earlier date keeps the rows; the later one holds none"
+        lost = sum(bronze - kept - quarantined for bronze, kept, quarantined in (first, second))
+        assert lost == 0
+        tables[label] = {}
+        for table in ("orders", "quarantine", "fingerprints", "dim_customer", "dim_product"):
+            frame = store.read(spark, settings.table_location("silver", table))
+            frame = frame.drop(*[column for column in frame.columns if column.lstrip("_") == "run_id"])
+            tables[label][table] = sorted((tuple(row) for row in frame.collect()), key=repr)
+        fault(f"same file under two dates, {label}", f"12-01's file as 12-01 and 12-02, run {label}",
+              f"12-02's {second[2]:,} rows quarantined", lost)
+    assert tables["01-02"] == tables["02-01"], "the same tables whichever date ran first"
+
+
+@pytest.mark.slow
+def test_a_line_of_10_mb_is_loaded_and_accounted_for(spark, lakehouse, fault):
+    """A description of 10 MB (a sender's export gone wrong) is one line like any other: a bronze row, then a
+    silver or quarantine row, the gates passing or refusing as for any value."""
+    huge = "536370,22728,\"" + "ALARM CLOCK " * (10 * 2**20 // 12) + "\",24,2010-12-01 08:45:00,3.75,12583,France"
+    deliver(lakehouse, "orders", DAY.isoformat(), "day.csv",
+            "\n".join([ORDERS.header, ORDER_LINE, LINE_B, huge]) + "\n")
+    assert run_bronze(spark, lakehouse, ORDERS, DAY, "huge line").rows == 3
+    result = run_silver(spark, lakehouse, ORDERS, DAY, "huge line")
+    bronze, kept, quarantined = _accounting(spark, lakehouse, DAY)
+    assert (bronze, kept + quarantined) == (3, 3) and result.silver_rows == 3
+    longest = (spark.read.format("delta").load(lakehouse.table_path("silver", "orders"))
+               .selectExpr("max(length(description))").first()[0])
+    assert longest >= 10 * 2**20 - 12
+    fault("a line of 10 MB", "a 10 MB description among 3 lines", "loaded: 3 silver rows", bronze - kept - quarantined)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 64 MiB tmpfs of the test's own (the machine's disk is never filled); skipped where mounting is not
+    allowed (not root, or a container without CAP_SYS_ADMIN)."""
+    import subprocess
+
+    mount = tmp_path / "tiny-disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _versions(spark, warehouse) -> dict[str, int]:
+    """Every Delta table under the warehouse, and its version."""
+    from spark_jobs import tables
+
+    return {f"{log.parent.parent.name}/{log.parent.name}": tables.version(spark, str(log.parent))
+            for log in sorted(warehouse.glob("*/*/_delta_log"))}
+
+
+def _fill(folder, leave_bytes: int):
+    """Fill the file system of `folder` but `leave_bytes`; the filler file."""
+    import os
+
+    filler = folder / "filler"
+    free = os.statvfs(folder).f_bavail * os.statvfs(folder).f_frsize
+    with open(filler, "wb") as handle:
+        handle.truncate(0)
+        os.posix_fallocate(handle.fileno(), 0, max(free - leave_bytes, 0))
+    return filler
+
+
+@pytest.mark.slow
+def test_a_full_disk_fails_the_write_clearly_and_publishes_nothing_half_done(spark, tiny_disk, sample_orders_dir,
+                                                                               fault):
+    """The warehouse's disk fills up during a layer's write: the job fails naming the cause, every table keeps
+    the version it had, and once there is room again the same runs publish every row."""
+    from include.config import Settings
+    from spark_jobs.tables import WarehouseFull
+    from tests.conftest import TEST_SPARK_ENV
+    # The gate's results and Data Docs on another disk: the writes of the tables are what meets the full disk.
+    settings = Settings.from_env({**TEST_SPARK_ENV, "LAKEHOUSE_LANDING": str(tiny_disk / "landing"),
+                                  "LAKEHOUSE_WAREHOUSE": str(tiny_disk / "warehouse"),
+                                  "LAKEHOUSE_GX_ROOT": str(tiny_disk.parent / "gx")})
+    days = [date(2010, 12, 1), date(2010, 12, 2)]
+    for day in days:
+        deliver(settings, "orders", day.isoformat(), f"{day}.csv.gz",
+                (sample_orders_dir / f"{day}.csv.gz").read_bytes())
+    run_bronze(spark, settings, ORDERS, days[0], "day 1")
+    run_silver(spark, settings, ORDERS, days[0], "day 1")
+    before = _versions(spark, settings.warehouse)
+    filler = _fill(tiny_disk, 16 * 1024)
+    for run in (run_bronze, run_silver):
+        with pytest.raises(WarehouseFull, match=r"warehouse/(bronze|silver)/\w+: the disk is full"):
+            run(spark, settings, ORDERS, days[1] if run is run_bronze else days[0], "disk full")
+        filler.unlink()
+        assert _versions(spark, settings.warehouse) == before, "every table at the version it had"
+        filler = _fill(tiny_disk, 16 * 1024)
+    filler.unlink()
+    run_bronze(spark, settings, ORDERS, days[1], "room again")
+    run_silver(spark, settings, ORDERS, days[1], "room again")
+    lost = 0
+    for day in days:
+        bronze, kept, quarantined = _accounting(spark, settings, day)
+        assert bronze > 2000 and bronze == kept + quarantined, f"{day}: every bronze row in silver or quarantine"
+        lost += bronze - kept - quarantined
+    fault("disk full during bronze and silver", "a 64 MiB tmpfs warehouse filled but 16 KiB",
+          "failed, says so, tables kept their versions", lost)
