@@ -1,5 +1,5 @@
 """The fault suite: what goes wrong around the data (a bad setting or suite file, an empty, unreadable or
-unrecognised delivery, the same file under two dates, a line of 10 MB, bronze rows or the fingerprint index
+unrecognised delivery, a job killed after its first commit, the same file under two dates, a line of 10 MB, bronze rows or the fingerprint index
 lost, silver made again, a silent source, a refused gold run, hostile values in Data Docs, a moved warehouse, a
 full disk) fails loudly and specifically, and loses no published row.
 
@@ -664,3 +664,91 @@ def test_a_full_disk_fails_the_write_clearly_and_publishes_nothing_half_done(spa
         lost += bronze - kept - quarantined
     fault("disk full during bronze and silver", "a 64 MiB tmpfs warehouse filled but 16 KiB",
           "failed, says so, tables kept their versions", lost)
+
+
+def _commits(warehouse) -> set:
+    return set(warehouse.glob("*/*/_delta_log/*.json"))
+
+
+def _settled(warehouse, quiet: float = 5.0, limit: float = 120.0) -> None:
+    """Wait until no table of the warehouse has had a new commit for `quiet` seconds: what a killed client had
+    already sent the server ends there (a Connect server finishes an operation whose client went away)."""
+    import time
+
+    deadline, seen, since = time.monotonic() + limit, _commits(warehouse), time.monotonic()
+    while time.monotonic() - since < quiet:
+        assert time.monotonic() < deadline, "the warehouse kept changing after the job was killed"
+        time.sleep(0.5)
+        now = _commits(warehouse)
+        if now != seen:
+            seen, since = now, time.monotonic()
+
+
+@pytest.mark.slow
+def test_a_job_killed_right_after_its_first_commit_is_made_whole_by_its_rerun(spark, tmp_path, sample_orders_dir,
+                                                                              fault):
+    """SIGKILL of each layer's job process the moment its first Delta commit lands: every table stays readable,
+    and running the layer and the ones after it again gives the tables of a run that was never killed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from include.config import Settings
+    from spark_jobs.gold import run_gold
+    from tests.conftest import TEST_SPARK_ENV
+    from tests.helpers import published_tables
+
+    days = [date(2010, 12, 1), date(2010, 12, 2)]
+    runs = {"bronze": run_bronze, "silver": run_silver, "gold": run_gold}
+
+    def settings_at(name: str) -> Settings:
+        return Settings.from_env({**TEST_SPARK_ENV, "LAKEHOUSE_LANDING": str(tmp_path / "landing"),
+                                  "LAKEHOUSE_WAREHOUSE": str(tmp_path / name / "warehouse")})
+
+    reference = settings_at("reference")
+    for day in days:
+        deliver(reference, "orders", day.isoformat(), f"{day}.csv.gz",
+                (sample_orders_dir / f"{day}.csv.gz").read_bytes())
+    for layer, run in runs.items():
+        run(spark, reference, ORDERS, days[0], "day 1")
+    first_day = tmp_path / "after-day-1"
+    shutil.copytree(reference.warehouse, first_day)
+    for layer, run in runs.items():
+        run(spark, reference, ORDERS, days[1], "day 2")
+    expected = published_tables(spark, reference.warehouse, "orders")
+
+    for killed in runs:
+        settings = settings_at(f"killed-{killed}")
+        shutil.copytree(first_day, settings.warehouse)
+        layers = list(runs)
+        for layer in layers[:layers.index(killed)]:
+            runs[layer](spark, settings, ORDERS, days[1], "day 2")
+        before = _commits(settings.warehouse)
+        env = {**os.environ, **TEST_SPARK_ENV, "LAKEHOUSE_RUNTIME": "connect",
+               "LAKEHOUSE_LANDING": str(settings.landing), "LAKEHOUSE_WAREHOUSE": str(settings.warehouse),
+               "LAKEHOUSE_GX_ROOT": str(settings.gx_root)}
+        job = subprocess.Popen([sys.executable, "-m", f"spark_jobs.{killed}", "--source", "orders",
+                                "--ingestion-date", days[1].isoformat(), "--run-id", "killed"],
+                               cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            while not (_commits(settings.warehouse) - before):
+                assert job.poll() is None, f"the {killed} job ended (status {job.returncode}) before its first commit"
+                time.sleep(0.02)
+            job.send_signal(signal.SIGKILL)
+        finally:
+            job.kill()
+            job.wait()
+        committed = sorted(str(path.relative_to(settings.warehouse).parent.parent)
+                           for path in _commits(settings.warehouse) - before)
+        _settled(settings.warehouse)
+        published_tables(spark, settings.warehouse, "orders")  # every table readable as it stands
+        for layer in layers[layers.index(killed):]:
+            runs[layer](spark, settings, ORDERS, days[1], "day 2 again")
+        assert published_tables(spark, settings.warehouse, "orders") == expected, f"{killed} killed, then run again"
+        lost = sum(bronze - kept - quarantined for bronze, kept, quarantined in
+                   (_accounting(spark, settings, day) for day in days))
+        assert lost == 0
+        fault(f"{killed} job killed after its first commit", f"SIGKILL once {', '.join(committed)} committed; rerun",
+              "tables equal an unkilled run", lost)
