@@ -1,7 +1,7 @@
 """The fault suite: what goes wrong around the data (a bad setting or suite file, an empty, unreadable or
-unrecognised delivery, a job killed after its first commit, the same file under two dates, a line of 10 MB, bronze rows or the fingerprint index
-lost, silver made again, a silent source, a refused gold run, hostile values in Data Docs, a moved warehouse, a
-full disk) fails loudly and specifically, and loses no published row.
+unrecognised delivery, a job killed after its first commit, the same file under two dates, a line of 10 MB,
+bronze rows or the fingerprint index lost, silver made again, a silent source, a refused gold run, hostile
+values in Data Docs, a moved warehouse, a full disk) fails loudly and specifically, and loses no published row.
 
 Each case records a row of the table printed at the end of the run (tests/conftest.py). `make test-faults`
 runs the suite (the cases also marked `slow` included); `make test` runs the fast ones.
