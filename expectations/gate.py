@@ -33,6 +33,7 @@ import yaml
 
 from include.config import ConfigurationError
 from include.sources import validation_run_name
+from include.spark import make_current
 from include.tools import data_docs_assets
 
 SUITES_DIR = Path(__file__).resolve().parent
@@ -336,6 +337,8 @@ def audit(spark, settings, layer: str, source: str, ingestion_date: date, checks
         return []
     from great_expectations.core.run_identifier import RunIdentifier
 
+    # GX finds its session through pyspark's current one: the job's, whichever session this process made last.
+    make_current(spark)
     run_time = datetime.now(timezone.utc)
     run_name = validation_run_name(ingestion_date.isoformat(), layer, source)
     with _locked(settings.gx_root):

@@ -146,10 +146,7 @@ def connect_session(settings: Settings, session_id: str | None = None, tag: str 
     os.environ["SPARK_CONNECT_MODE_ENABLED"] = "1"
     spark = ConnectSession.builder.channelBuilder(channel).create()
     if current:
-        # pyspark keeps the first session it made as the default while that one lives; a task's job must find
-        # its own (pyspark has no public setter for a Connect session).
-        ConnectSession._default_session = spark
-        ConnectSession._active_session.session = spark
+        make_current(spark)
     spark.client.set_retry_policies([DefaultPolicy(max_retries=CONNECT_RETRIES, max_backoff=CONNECT_MAX_BACKOFF_MS)])
     try:
         for key, value in settings.session_conf().items():
@@ -160,6 +157,20 @@ def connect_session(settings: Settings, session_id: str | None = None, tag: str 
     if tag:
         spark.addTag(tag)
     return spark
+
+
+def make_current(spark) -> None:
+    """Make a Connect session the one `getOrCreate` answers in this process and thread, which is how Great
+    Expectations finds its session. pyspark keeps the first session it made as the default while that one
+    lives, and none once the current one is stopped; it has no public setter for a Connect session. A classic
+    session is the process's only one: nothing to do."""
+    try:
+        from pyspark.sql.connect.session import SparkSession as ConnectSession
+    except ImportError:  # a classic-only pyspark (without Spark Connect's client libraries)
+        return
+    if isinstance(spark, ConnectSession):
+        ConnectSession._default_session = spark
+        ConnectSession._active_session.session = spark
 
 
 def _server_error(settings: Settings, error: Exception) -> Exception:
