@@ -33,7 +33,7 @@ import yaml
 
 from include.config import ConfigurationError
 from include.sources import validation_run_name
-from include.spark import make_current
+from include.spark import make_current, tagged_pool
 from include.tools import data_docs_assets
 
 SUITES_DIR = Path(__file__).resolve().parent
@@ -345,10 +345,7 @@ def audit(spark, settings, layer: str, source: str, ingestion_date: date, checks
         context = project(settings)
         checkpoints = [_checkpoint(context, layer, check.table) for check in checks]
     outcomes, results = [], []
-    # The pool's threads tag their operations as this thread does (an Airflow task's tag on the Connect server).
-    tags = spark.getTags()
-    pool = ThreadPoolExecutor(max_workers=AHEAD_THREADS, thread_name_prefix="gate-sql",
-                              initializer=lambda: [spark.addTag(tag) for tag in tags])
+    pool = tagged_pool(spark, AHEAD_THREADS, "gate-sql")
     try:
         ahead = _run_ahead(spark, checks, [checkpoint.validation_definitions[0].suite for checkpoint in checkpoints],
                            pool)

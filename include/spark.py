@@ -173,6 +173,16 @@ def make_current(spark) -> None:
         ConnectSession._active_session.session = spark
 
 
+def tagged_pool(spark, workers: int, prefix: str):
+    """A thread pool whose threads tag their operations as this thread does, so that interrupting the task's
+    tag (an Airflow task killed) stops what they run too."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    tags = spark.getTags()
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix=prefix,
+                              initializer=lambda: [spark.addTag(tag) for tag in tags])
+
+
 def _server_error(settings: Settings, error: Exception) -> Exception:
     text = str(error)
     if "UNAUTHENTICATED" in text or "authentication token" in text:

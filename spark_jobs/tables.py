@@ -23,7 +23,6 @@ import os
 import re
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 log = logging.getLogger("lakehouse.tables")
@@ -194,13 +193,13 @@ def side_by_side(spark, *writes: Callable[[], None]) -> None:
         for write in writes:
             write()
         return
-    tags = spark.getTags()
-    with ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="delta-write",
-                            initializer=lambda: [spark.addTag(tag) for tag in tags]) as pool:
+    from include.spark import tagged_pool
+
+    with tagged_pool(spark, WRITERS, "delta-write") as pool:
         futures = [pool.submit(write) for write in writes]
-    for future in futures:
-        if future.exception() is not None:
-            raise future.exception()
+    errors = [future.exception() for future in futures if future.exception() is not None]
+    if errors:
+        raise errors[0]
 
 
 def cache(frame):
