@@ -8,8 +8,9 @@ layer job of every source writes a table shared by the sources (`bronze/ingested
 bronze, one silver and one gold job run at a time, whatever the number of active runs. Runs of
 different dates still overlap (bronze of one date beside silver of another), and because every job is
 idempotent per ingestion date, the order in which the dates pass a layer does not change the tables.
-Writers outside Airflow (`make run`'s `airflow dags test`, a notebook) are not covered by the pools:
-do not run them against the warehouse of a running scheduler.
+Writers outside Airflow's pools (`make dag-test` beside a running scheduler, a job started by hand) are
+kept apart by the layer's lock file in the warehouse (spark_jobs/locks.py), which every layer job holds
+while it runs; inside Airflow the pools keep a waiting job from holding a worker.
 
 `python -m include.orchestration` creates or updates the pools and connections (`make airflow` and
 `make run` do).

@@ -140,6 +140,7 @@ class LayerJob:
         from include.config import ConfigurationError, get_settings
         from include.sources import get_source
         from include.spark import get_spark
+        from spark_jobs.locks import layer_lock
 
         started_at = time.time()
         args = job_arguments(self.description, argv, self.extra_arguments)
@@ -157,7 +158,8 @@ class LayerJob:
         session_ready = time.time()
         log = logging.getLogger(f"lakehouse.{self.layer}")
         try:
-            result = self.run(spark, settings, source, args.ingestion_date, args.run_id, **options)
+            with layer_lock(settings, self.layer, f"{self.layer} {source.name} {args.ingestion_date} {args.run_id}"):
+                result = self.run(spark, settings, source, args.ingestion_date, args.run_id, **options)
         except ConfigurationError:
             raise
         except self.expected_errors as error:

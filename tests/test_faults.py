@@ -1,7 +1,9 @@
 """The fault suite: what goes wrong around the data (a bad setting or suite file, an empty, unreadable or
-unrecognised delivery, a job killed after its first commit, the same file under two dates, a line of 10 MB,
-bronze rows or the fingerprint index lost, silver made again, a silent source, a refused gold run, hostile
-values in Data Docs, a moved warehouse, a full disk) fails loudly and specifically, and loses no published row.
+unrecognised delivery, a job killed after its first commit or at a random moment, the Spark Connect server
+killed mid-run, two writers of a layer at once, dates run out of order and again with the gates on, the same
+file under two dates, a line of 10 MB, bronze rows or the fingerprint index lost, silver made again, a silent
+source, a refused gold run, hostile values in Data Docs, a moved warehouse, a full disk) fails loudly and
+specifically, and loses no published row.
 
 Each case records a row of the table printed at the end of the run (tests/conftest.py). `make test-faults`
 runs the suite (the cases also marked `slow` included); `make test` runs the fast ones.
@@ -250,6 +252,102 @@ class _Alerts:
 
         return json.dumps({"conn_type": "http", "host": "127.0.0.1", "port": self.server.server_address[1],
                            "password": token, "extra": {"path": "/hooks/lakehouse"}})
+
+
+class _Mailbox:
+    """A real SMTP server on 127.0.0.1 (the commands smtplib sends: EHLO/HELO, AUTH PLAIN, MAIL, RCPT, DATA,
+    RSET, NOOP, QUIT) that keeps every login and message it is given."""
+
+    def __init__(self):
+        import socketserver
+        import threading
+
+        messages, logins = self.messages, self.logins = [], []
+
+        class Session(socketserver.StreamRequestHandler):
+            def handle(self):
+                def say(line: str) -> None:
+                    self.wfile.write(line.encode() + b"\r\n")
+                    self.wfile.flush()
+
+                say("220 127.0.0.1 test mailbox")
+                envelope = {"from": None, "to": []}
+                for raw in self.rfile:
+                    command = raw.decode("utf-8", "replace").rstrip("\r\n")
+                    verb = command[:4].upper()
+                    if verb == "EHLO":
+                        say("250-127.0.0.1")
+                        say("250 AUTH PLAIN")
+                    elif verb == "HELO":
+                        say("250 127.0.0.1")
+                    elif verb == "AUTH":
+                        import base64
+
+                        _, user, secret = base64.b64decode(command.split()[-1]).decode().split("\0")
+                        logins.append((user, secret))
+                        say("235 authenticated")
+                    elif verb == "MAIL":
+                        envelope = {"from": command.split(":", 1)[1].strip(), "to": []}
+                        say("250 OK")
+                    elif verb == "RCPT":
+                        envelope["to"].append(command.split(":", 1)[1].strip())
+                        say("250 OK")
+                    elif verb == "DATA":
+                        say("354 end with <CRLF>.<CRLF>")
+                        lines = []
+                        for data in self.rfile:
+                            if data in (b".\r\n", b".\n"):
+                                break
+                            lines.append(data.decode("utf-8", "replace"))
+                        messages.append({**envelope, "data": "".join(lines)})
+                        say("250 OK")
+                    elif verb == "QUIT":
+                        say("221 bye")
+                        return
+                    else:  # RSET, NOOP
+                        say("250 OK")
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Session)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def connection(self, password: str) -> str:
+        import json
+
+        return json.dumps({"conn_type": "smtp", "host": "127.0.0.1", "port": self.server.server_address[1],
+                           "login": "lakehouse", "password": password,
+                           "extra": {"to": "data-team@example.com", "from_email": "lakehouse@example.com",
+                                     "disable_ssl": True, "disable_tls": True}})
+
+
+def test_a_failure_is_mailed_through_an_smtp_alert_connection(monkeypatch, capsys, fault):
+    """With LAKEHOUSE_ALERT_CONN_ID naming an SMTP connection, a failed task's alert reaches the mail server:
+    to the connection's addresses, naming the task, the run and the error; its password is never logged."""
+    import email
+
+    from include.alerts import LakehouseFailureNotifier
+
+    mailbox, password = _Mailbox(), "smtp-password-that-must-not-be-logged"
+    monkeypatch.setenv("AIRFLOW_CONN_LAKEHOUSE_MAIL", mailbox.connection(password))
+
+    class TaskInstance:
+        dag_id, run_id, task_id, try_number = "lakehouse_daily", "scheduled__2010-12-02", "orders.silver", 2
+        log_url = "http://localhost:8080/dags/lakehouse_daily/runs/scheduled__2010-12-02/tasks/orders.silver"
+
+    LakehouseFailureNotifier("lakehouse_mail").notify(
+        {"ti": TaskInstance(), "exception": RuntimeError("silver orders 2010-12-02 not published: 1 of 4 "
+                                                         "suite(s) failed"), "logical_date": "2010-12-02"})
+    logged = "".join(capsys.readouterr())  # Airflow's logging writes to the standard streams
+    assert "failure alert mailed to data-team@example.com through connection lakehouse_mail" in logged, logged
+    assert password not in logged
+    assert mailbox.logins == [("lakehouse", password)]
+    (message,) = mailbox.messages
+    assert "data-team@example.com" in message["to"][0] and "lakehouse@example.com" in message["from"]
+    mail = email.message_from_string(message["data"])
+    assert mail["Subject"] == "lakehouse: orders.silver failed (lakehouse_daily scheduled__2010-12-02)"
+    body = "".join(part.get_payload(decode=True).decode() for part in mail.walk() if not part.is_multipart())
+    assert "not published: 1 of 4 suite(s) failed" in body and "try_number: 2" in body
+    fault("failure alert by mail", "a failed silver task, SMTP alert connection", "mailed, password not logged")
 
 
 def test_a_source_that_stopped_delivering_fails_its_run_loudly_and_alerts(spark, tmp_path, fault):
@@ -684,11 +782,13 @@ def _settled(warehouse, quiet: float = 5.0, limit: float = 120.0) -> None:
 
 
 @pytest.mark.slow
-def test_a_job_killed_right_after_its_first_commit_is_made_whole_by_its_rerun(spark, tmp_path, sample_orders_dir,
-                                                                              fault):
-    """SIGKILL of each layer's job process the moment its first Delta commit lands: every table stays readable,
-    and running the layer and the ones after it again gives the tables of a run that was never killed."""
+@pytest.mark.parametrize("moment", ["first-commit", "random"])
+def test_a_killed_job_is_made_whole_by_its_rerun(spark, tmp_path, sample_orders_dir, moment, fault):
+    """SIGKILL of each layer's job process the moment its first Delta commit lands, or at a random moment of
+    its run: every table stays readable, and running the layer and the ones after it again gives the tables
+    of a run that was never killed."""
     import os
+    import random
     import subprocess
     import sys
     import time
@@ -713,9 +813,25 @@ def test_a_job_killed_right_after_its_first_commit_is_made_whole_by_its_rerun(sp
         run(spark, reference, ORDERS, days[0], "day 1")
     first_day = tmp_path / "after-day-1"
     shutil.copytree(reference.warehouse, first_day)
-    for layer, run in runs.items():
-        run(spark, reference, ORDERS, days[1], "day 2")
+    def job_process(layer: str, settings: Settings, run_id: str) -> subprocess.Popen:
+        env = {**os.environ, **TEST_SPARK_ENV, "LAKEHOUSE_RUNTIME": "connect",
+               "LAKEHOUSE_LANDING": str(settings.landing), "LAKEHOUSE_WAREHOUSE": str(settings.warehouse),
+               "LAKEHOUSE_GX_ROOT": str(settings.gx_root)}
+        return subprocess.Popen([sys.executable, "-m", f"spark_jobs.{layer}", "--source", "orders",
+                                 "--ingestion-date", days[1].isoformat(), "--run-id", run_id],
+                                cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    # Day 2 of the reference runs as the killed jobs will, one process per layer, timed: a random moment is
+    # drawn between a fifth and four fifths of that layer's process's life, so it falls inside the run; the
+    # seed is in the case's row.
+    took = {}
+    for layer in runs:
+        started = time.monotonic()
+        assert job_process(layer, reference, "day 2").wait() == 0, f"the reference {layer} job failed"
+        took[layer] = time.monotonic() - started
     expected = published_tables(spark, reference.warehouse, "orders")
+    seed = random.randrange(10**6)
+    chance = random.Random(seed)
 
     for killed in runs:
         settings = settings_at(f"killed-{killed}")
@@ -724,19 +840,25 @@ def test_a_job_killed_right_after_its_first_commit_is_made_whole_by_its_rerun(sp
         for layer in layers[:layers.index(killed)]:
             runs[layer](spark, settings, ORDERS, days[1], "day 2")
         before = _commits(settings.warehouse)
-        env = {**os.environ, **TEST_SPARK_ENV, "LAKEHOUSE_RUNTIME": "connect",
-               "LAKEHOUSE_LANDING": str(settings.landing), "LAKEHOUSE_WAREHOUSE": str(settings.warehouse),
-               "LAKEHOUSE_GX_ROOT": str(settings.gx_root)}
-        job = subprocess.Popen([sys.executable, "-m", f"spark_jobs.{killed}", "--source", "orders",
-                                "--ingestion-date", days[1].isoformat(), "--run-id", "killed"],
-                               cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        job = job_process(killed, settings, "killed")
+        launched = time.monotonic()
+        kill_at = launched + chance.uniform(0.2, 0.8) * took[killed]
         try:
-            while not (_commits(settings.warehouse) - before):
-                assert job.poll() is None, f"the {killed} job ended (status {job.returncode}) before its first commit"
+            while not (_commits(settings.warehouse) - before if moment == "first-commit"
+                       else time.monotonic() >= kill_at):
+                assert job.poll() is None or moment == "random", \
+                    f"the {killed} job ended (status {job.returncode}) before its first commit"
+                if job.poll() is not None:
+                    break
                 time.sleep(0.02)
         finally:
+            ended_first = job.poll() is not None
             job.kill()  # SIGKILL
             job.wait()
+        when = (f"{time.monotonic() - launched:.1f} s after its start (seed {seed})" if moment == "random"
+                else "once its first commit landed")
+        if ended_first:
+            when = f"never: it ended before its random moment (seed {seed})"
         committed = sorted(str(path.relative_to(settings.warehouse).parent.parent)
                            for path in _commits(settings.warehouse) - before)
         _settled(settings.warehouse)
@@ -747,5 +869,236 @@ def test_a_job_killed_right_after_its_first_commit_is_made_whole_by_its_rerun(sp
         lost = sum(bronze - kept - quarantined for bronze, kept, quarantined in
                    (_accounting(spark, settings, day) for day in days))
         assert lost == 0
-        fault(f"{killed} job killed after its first commit", f"SIGKILL once {', '.join(committed)} committed; rerun",
+        fault(f"{killed} job killed, {moment}", f"SIGKILL {when}, {len(committed)} commit(s) landed; rerun",
               "tables equal an unkilled run", lost)
+
+
+def _job(layer: str, day: date, settings, log_file) -> "subprocess.Popen":
+    """A layer job for one date in its own process, a client of the tests' Connect server, as Airflow or a
+    person at a terminal would start it; its log goes to `log_file`."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import TEST_SPARK_ENV
+
+    env = {**os.environ, **TEST_SPARK_ENV, "LAKEHOUSE_RUNTIME": "connect", "LAKEHOUSE_GATES": "false",
+           "LAKEHOUSE_LANDING": str(settings.landing), "LAKEHOUSE_WAREHOUSE": str(settings.warehouse),
+           "LAKEHOUSE_GX_ROOT": str(settings.gx_root)}
+    return subprocess.Popen([sys.executable, "-m", f"spark_jobs.{layer}", "--source", "orders",
+                             "--ingestion-date", day.isoformat(), "--run-id", f"writer-{day}"],
+                            cwd=PROJECT_ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+
+
+def test_a_job_waits_while_another_process_holds_its_layer_s_lock(spark, lakehouse, monkeypatch, caplog, fault):
+    """A writer outside Airflow's pools (`make dag-test` beside a scheduler, a job started by hand) holds the
+    bronze lock: the bronze job says whom it waits for, commits nothing until the lock is free, then runs."""
+    import threading
+    import time
+
+    from spark_jobs import locks
+    from spark_jobs.bronze import JOB as BRONZE
+
+    deliver(lakehouse, "orders", DAY.isoformat(), "day.csv", f"{ORDERS.header}\n{ORDER_LINE}\n")
+    _point_jobs_at(monkeypatch, lakehouse)
+    monkeypatch.setenv("LAKEHOUSE_GATES", "false")
+    outcome = {}
+
+    def job():
+        try:
+            outcome["result"] = BRONZE.execute(_job_arguments("bronze"), spark=spark)
+        except BaseException as error:  # reported by the test's thread below
+            outcome["error"] = error
+
+    with caplog.at_level("INFO", logger="lakehouse.locks"):
+        with locks.layer_lock(lakehouse, "bronze", "a writer started by hand"):
+            runner = threading.Thread(target=job)
+            runner.start()
+            deadline = time.monotonic() + 60
+            while "waiting for the bronze lock" not in caplog.text:
+                assert runner.is_alive(), f"the job ended while the lock was held: {outcome}"
+                assert time.monotonic() < deadline, "the job never said it waits for the lock"
+                time.sleep(0.1)
+            time.sleep(1)
+            assert not list((lakehouse.warehouse / "bronze").glob("*/_delta_log/*.json")), "committed under the lock"
+        runner.join(timeout=300)
+    assert "error" not in outcome, outcome
+    assert "held by a writer started by hand (pid" in caplog.text
+    assert "took the bronze lock after waiting" in caplog.text
+    assert _bronze_rows(spark, lakehouse, DAY) == 1
+    assert not locks.holder(locks.lock_path(lakehouse, "bronze")), "the lock file still names a holder"
+    fault("a writer holds the layer lock", "bronze job started while another process holds the bronze lock",
+          "waited, said for whom, then ran", 0)
+
+
+@pytest.mark.slow
+def test_two_writers_of_a_layer_at_once_both_land_in_every_shared_table(spark, lakehouse, tmp_path, fault):
+    """Two job processes of a layer for different dates, started together outside Airflow's pools: the second
+    waits for the first's layer lock (and says whom it waits for), and both dates are in every table the
+    layer's jobs share. While a third party holds the lock, neither job commits anything."""
+    import time
+
+    from spark_jobs import locks, tables
+
+    days = [date(2010, 12, 1), date(2010, 12, 2)]
+    for number, day in enumerate(days):
+        deliver(lakehouse, "orders", day.isoformat(), "day.csv", "\n".join([
+            ORDERS.header, ORDER_LINE.replace("536365", f"53636{number}"),
+            ORDER_LINE.replace("536365", f"53637{number}").replace(",6,", ",2,"), "not,an,order,line"]) + "\n")
+
+    logs = {}
+    for layer in ("bronze", "silver"):
+        with locks.layer_lock(lakehouse, layer, f"the {layer} lock held by the test"):
+            jobs = []
+            for day in days:
+                logs[layer, day] = tmp_path / f"{layer}-{day}.log"
+                with logs[layer, day].open("w") as log_file:
+                    jobs.append(_job(layer, day, lakehouse, log_file))
+            deadline = time.monotonic() + 180
+            while not all(f"waiting for the {layer} lock" in logs[layer, day].read_text() for day in days):
+                assert all(job.poll() is None for job in jobs), f"a {layer} job ended while the lock was held"
+                assert time.monotonic() < deadline, f"the {layer} jobs never said they wait for the lock"
+                time.sleep(0.2)
+            assert f"held by the {layer} lock held by the test" in logs[layer, days[0]].read_text()
+            assert not list((lakehouse.warehouse / layer).glob("*/_delta_log/*.json")), \
+                f"a {layer} job committed while another process held the lock"
+        for job, day in zip(jobs, days):
+            assert job.wait(timeout=300) == 0, logs[layer, day].read_text()[-3000:]
+
+    shared = {"bronze": ("orders", "ingested_files"), "silver": ("orders", "quarantine", "fingerprints")}
+    for layer, names in shared.items():
+        for name in names:
+            column = "ingestion_date" if name == "ingested_files" else "_ingestion_date"
+            found = {row[0] for row in tables.read(spark, lakehouse.table_location(layer, name))
+                     .select(column).distinct().collect()}
+            assert found == set(days), f"{layer}/{name} holds {sorted(found)}"
+    lost = sum(bronze - kept - quarantined for bronze, kept, quarantined in
+               (_accounting(spark, lakehouse, day) for day in days))
+    assert lost == 0 and all(_accounting(spark, lakehouse, day)[0] == 3 for day in days)
+    fault("two writers of a layer at once", "two bronze, then two silver job processes, lock held by a third",
+          "waited their turn; both dates in every table", lost)
+
+
+# Slow: 24 gated layer jobs, about 8 minutes on 2 cores (each job's fixed cost on the Connect server, issue 26).
+@pytest.mark.slow
+def test_with_the_gates_on_dates_in_reverse_order_and_rerun_give_the_tables_of_one_run_in_order(
+        spark, tmp_path, sample_orders_dir, fault):
+    """Three real order days (their first lines; the second day also re-sends lines of the first, the third of
+    the second) through bronze, silver and gold with every gate on: run D3, D1, D2, D1, D1 they publish the
+    same tables as D1, D2, D3 run once - the earlier date keeps a re-sent line whichever runs first."""
+    import gzip
+
+    from include.config import Settings
+    from spark_jobs.gold import run_gold
+    from tests.conftest import TEST_SPARK_ENV
+    from tests.helpers import published_tables
+
+    days = [date(2010, 12, 1), date(2010, 12, 2), date(2010, 12, 3)]
+    real = {day: gzip.decompress((sample_orders_dir / f"{day}.csv.gz").read_bytes()).decode().splitlines()
+            for day in days}
+    landing = tmp_path / "landing"
+    for number, day in enumerate(days):
+        lines = real[day][1:300] + (real[days[number - 1]][1:11] if number else [])
+        folder = landing / "orders" / day.isoformat()
+        folder.mkdir(parents=True)
+        (folder / f"{day}.csv").write_text("\n".join([real[day][0], *lines]) + "\n")
+
+    def build(name: str, order: list[date]) -> dict:
+        settings = Settings.from_env({**TEST_SPARK_ENV, "LAKEHOUSE_LANDING": str(landing),
+                                      "LAKEHOUSE_WAREHOUSE": str(tmp_path / name / "warehouse")})
+        assert settings.gates
+        for day in order:
+            for run in (run_bronze, run_silver, run_gold):
+                run(spark, settings, ORDERS, day, f"{name}-{day}")
+        return published_tables(spark, settings.warehouse, "orders")
+
+    in_order = build("in-order", days)
+    duplicates = [row for row in in_order["silver.quarantine"] if "duplicate" in row]
+    assert len(duplicates) >= 20, "the re-sent lines are quarantined as duplicates of the earlier date's"
+    reverse = build("reverse", [days[2], days[0], days[1], days[0], days[0]])
+    assert reverse == in_order
+    fault("dates out of order and rerun, gates on", "3 real days: D3, D1, D2, D1, D1 against D1, D2, D3",
+          "the same tables in every layer", 0)
+
+
+@pytest.mark.slow
+def test_a_connect_server_killed_mid_run_then_started_again_converges(spark, tmp_path, sample_orders_dir, fault):
+    """The Spark Connect server killed (SIGKILL of its JVM) while a silver job runs on it, the moment the job's
+    first commit lands: the job fails within a minute instead of hanging, every table stays readable, and
+    once the server is started again the job's retry and the gold job after it give the tables of a run
+    that never met the fault."""
+    import os
+    import secrets
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from include.config import Settings
+    from include.tools import spark_connect
+    from spark_jobs.gold import run_gold
+    from tests.conftest import TEST_SPARK_ENV
+    from tests.helpers import free_port, published_tables
+
+    days = [date(2010, 12, 1), date(2010, 12, 2)]
+    server_env = {"LAKEHOUSE_CONNECT_HOME": str(tmp_path / "server"), "LAKEHOUSE_CONNECT_PORT": str(free_port()),
+                  "LAKEHOUSE_CONNECT_UI_PORT": str(free_port()), "LAKEHOUSE_CONNECT_TOKEN": secrets.token_urlsafe(24),
+                  "LAKEHOUSE_CONNECT_MEMORY": "2g"}
+
+    def settings_at(name: str, **extra: str) -> Settings:
+        return Settings.from_env({**TEST_SPARK_ENV, "LAKEHOUSE_LANDING": str(tmp_path / "landing"),
+                                  "LAKEHOUSE_WAREHOUSE": str(tmp_path / name / "warehouse"), **extra})
+
+    reference = settings_at("reference")
+    for day in days:
+        deliver(reference, "orders", day.isoformat(), f"{day}.csv.gz",
+                (sample_orders_dir / f"{day}.csv.gz").read_bytes())
+    for day in days:
+        for run in (run_bronze, run_silver, run_gold):
+            run(spark, reference, ORDERS, day, f"day {day}")
+    expected = published_tables(spark, reference.warehouse, "orders")
+
+    settings = settings_at("faulted")
+    for run in (run_bronze, run_silver, run_gold):
+        run(spark, settings, ORDERS, days[0], "day 1")
+    run_bronze(spark, settings, ORDERS, days[1], "day 2")
+    private = settings_at("faulted", **server_env)
+    spark_connect.start(private, env={**os.environ, **TEST_SPARK_ENV, **server_env}, quiet=True)
+    env = {**os.environ, **TEST_SPARK_ENV, **server_env, "LAKEHOUSE_RUNTIME": "connect",
+           "LAKEHOUSE_LANDING": str(settings.landing), "LAKEHOUSE_WAREHOUSE": str(settings.warehouse),
+           "LAKEHOUSE_GX_ROOT": str(settings.gx_root)}
+
+    def silver_job() -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "spark_jobs.silver", "--source", "orders",
+                                 "--ingestion-date", days[1].isoformat(), "--run-id", "day 2"],
+                                cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+
+    try:
+        before = _commits(settings.warehouse)
+        job = silver_job()
+        while not (_commits(settings.warehouse) - before):
+            assert job.poll() is None, f"the silver job ended before its first commit:\n{job.stdout.read()[-3000:]}"
+            time.sleep(0.02)
+        os.killpg(spark_connect.running_pid(private), signal.SIGKILL)
+        killed_at = time.monotonic()
+        output, _ = job.communicate(timeout=120)
+        failed_after = time.monotonic() - killed_at
+        assert job.returncode not in (0, 2, 3), output[-3000:]  # failed as an error worth retrying
+        assert failed_after < 60, f"the job took {failed_after:.0f} s to fail"
+        committed = len(_commits(settings.warehouse) - before)
+        published_tables(spark, settings.warehouse, "orders")  # every table readable as it stands
+
+        spark_connect.start(private, env={**os.environ, **TEST_SPARK_ENV, **server_env}, quiet=True)
+        retry = silver_job()
+        output, _ = retry.communicate(timeout=600)
+        assert retry.returncode == 0, output[-3000:]
+    finally:
+        spark_connect.stop(private, quiet=True)
+    run_gold(spark, settings, ORDERS, days[1], "day 2")
+    assert published_tables(spark, settings.warehouse, "orders") == expected
+    lost = sum(bronze - kept - quarantined for bronze, kept, quarantined in
+               (_accounting(spark, settings, day) for day in days))
+    assert lost == 0
+    fault("Connect server killed mid-run", f"SIGKILL of the server JVM after {committed} silver commit(s); "
+          "server started again, job retried", f"job failed in {failed_after:.0f} s; retry equals a clean run", lost)
