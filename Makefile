@@ -148,7 +148,8 @@ test-slow: setup browser
 	python -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=12 -m slow
 
 # The fault suite (tests/test_faults.py): broken configuration, empty and odd deliveries, a moved warehouse,
-# and its slow cases; `make test` runs its fast cases.
+# jobs and the Spark Connect server killed, two writers at once, dates out of order with the gates on, a full
+# disk; `make test` runs its fast cases.
 test-faults: setup
 	python -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=12 -m faults
 
