@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import socket
@@ -45,15 +44,9 @@ def lock_path(settings, layer: str) -> Path | None:
 def holder(path: Path) -> str:
     """Who holds the lock, as its holder wrote it (empty when nobody does or it had not written yet)."""
     try:
-        text = path.read_text().strip()
+        return path.read_text().strip()
     except OSError:
         return ""
-    try:
-        who = json.loads(text)
-    except ValueError:
-        return text
-    return (f"{who.get('job')} (pid {who.get('pid')} on {who.get('host')}, "
-            f"since {who.get('since')})") if isinstance(who, dict) else text
 
 
 @contextlib.contextmanager
@@ -83,9 +76,8 @@ def layer_lock(settings, layer: str, job: str) -> Iterator[None]:
         if waited:
             log.info("took the %s lock after waiting %.1f s", layer, time.monotonic() - started)
         os.ftruncate(handle, 0)
-        os.pwrite(handle, json.dumps({
-            "job": job, "pid": os.getpid(), "host": socket.gethostname(),
-            "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}).encode(), 0)
+        since = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        os.pwrite(handle, f"{job} (pid {os.getpid()} on {socket.gethostname()}, since {since})".encode(), 0)
         try:
             yield
         finally:

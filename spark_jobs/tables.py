@@ -197,9 +197,9 @@ def side_by_side(spark, *writes: Callable[[], None]) -> None:
 
     with tagged_pool(spark, WRITERS, "delta-write") as pool:
         futures = [pool.submit(write) for write in writes]
-    errors = [future.exception() for future in futures if future.exception() is not None]
-    if errors:
-        raise errors[0]
+    for future in futures:
+        if future.exception() is not None:
+            raise future.exception()
 
 
 def cache(frame):

@@ -784,16 +784,32 @@ def _settled(warehouse, quiet: float = 5.0, limit: float = 120.0) -> None:
             seen, since = now, time.monotonic()
 
 
+def _job_process(layer: str, day: date, settings, run_id: str, output=None, **environment: str):
+    """A layer job for one orders date in its own process, a client of the tests' Connect server (or of the
+    server `environment` names), as Airflow or a person at a terminal starts it; its log goes to `output`
+    (a file, `subprocess.PIPE`; by default nowhere)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import TEST_SPARK_ENV
+
+    env = {**os.environ, **TEST_SPARK_ENV, "LAKEHOUSE_RUNTIME": "connect",
+           "LAKEHOUSE_LANDING": str(settings.landing), "LAKEHOUSE_WAREHOUSE": str(settings.warehouse),
+           "LAKEHOUSE_GX_ROOT": str(settings.gx_root), **environment}
+    return subprocess.Popen([sys.executable, "-m", f"spark_jobs.{layer}", "--source", "orders",
+                             "--ingestion-date", day.isoformat(), "--run-id", run_id],
+                            cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL if output is None else output,
+                            stderr=subprocess.STDOUT, text=True)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("moment", ["first-commit", "random"])
 def test_a_killed_job_is_made_whole_by_its_rerun(spark, tmp_path, sample_orders_dir, moment, fault):
     """SIGKILL of each layer's job process the moment its first Delta commit lands, or at a random moment of
     its run: every table stays readable, and running the layer and the ones after it again gives the tables
     of a run that was never killed."""
-    import os
     import random
-    import subprocess
-    import sys
     import time
 
     from include.config import Settings
@@ -816,13 +832,6 @@ def test_a_killed_job_is_made_whole_by_its_rerun(spark, tmp_path, sample_orders_
         run(spark, reference, ORDERS, days[0], "day 1")
     first_day = tmp_path / "after-day-1"
     shutil.copytree(reference.warehouse, first_day)
-    def job_process(layer: str, settings: Settings, run_id: str) -> subprocess.Popen:
-        env = {**os.environ, **TEST_SPARK_ENV, "LAKEHOUSE_RUNTIME": "connect",
-               "LAKEHOUSE_LANDING": str(settings.landing), "LAKEHOUSE_WAREHOUSE": str(settings.warehouse),
-               "LAKEHOUSE_GX_ROOT": str(settings.gx_root)}
-        return subprocess.Popen([sys.executable, "-m", f"spark_jobs.{layer}", "--source", "orders",
-                                 "--ingestion-date", days[1].isoformat(), "--run-id", run_id],
-                                cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     # Day 2 of the reference runs as the killed jobs will, one process per layer, timed: a random moment is
     # drawn between a fifth and four fifths of that layer's process's life, so it falls inside the run; the
@@ -830,7 +839,7 @@ def test_a_killed_job_is_made_whole_by_its_rerun(spark, tmp_path, sample_orders_
     took = {}
     for layer in runs:
         started = time.monotonic()
-        assert job_process(layer, reference, "day 2").wait() == 0, f"the reference {layer} job failed"
+        assert _job_process(layer, days[1], reference, "day 2").wait() == 0, f"the reference {layer} job failed"
         took[layer] = time.monotonic() - started
     expected = published_tables(spark, reference.warehouse, "orders")
     seed = random.randrange(10**6)
@@ -843,25 +852,24 @@ def test_a_killed_job_is_made_whole_by_its_rerun(spark, tmp_path, sample_orders_
         for layer in layers[:layers.index(killed)]:
             runs[layer](spark, settings, ORDERS, days[1], "day 2")
         before = _commits(settings.warehouse)
-        job = job_process(killed, settings, "killed")
+        job = _job_process(killed, days[1], settings, "killed")
         launched = time.monotonic()
         kill_at = launched + chance.uniform(0.2, 0.8) * took[killed]
+
+        def due() -> bool:
+            return bool(_commits(settings.warehouse) - before) if moment == "first-commit" else time.monotonic() >= kill_at
+
         try:
-            while not (_commits(settings.warehouse) - before if moment == "first-commit"
-                       else time.monotonic() >= kill_at):
-                assert job.poll() is None or moment == "random", \
-                    f"the {killed} job ended (status {job.returncode}) before its first commit"
-                if job.poll() is not None:
-                    break
+            while not due() and job.poll() is None:
                 time.sleep(0.02)
         finally:
             ended_first = job.poll() is not None
             job.kill()  # SIGKILL
             job.wait()
-        when = (f"{time.monotonic() - launched:.1f} s after its start (seed {seed})" if moment == "random"
+        assert not (ended_first and moment == "first-commit"), f"the {killed} job ended before its first commit"
+        when = (f"never: it ended before its random moment (seed {seed})" if ended_first
+                else f"{time.monotonic() - launched:.1f} s after its start (seed {seed})" if moment == "random"
                 else "once its first commit landed")
-        if ended_first:
-            when = f"never: it ended before its random moment (seed {seed})"
         committed = sorted(str(path.relative_to(settings.warehouse).parent.parent)
                            for path in _commits(settings.warehouse) - before)
         _settled(settings.warehouse)
@@ -874,23 +882,6 @@ def test_a_killed_job_is_made_whole_by_its_rerun(spark, tmp_path, sample_orders_
         assert lost == 0
         fault(f"{killed} job killed, {moment}", f"SIGKILL {when}, {len(committed)} commit(s) landed; rerun",
               "tables equal an unkilled run", lost)
-
-
-def _job(layer: str, day: date, settings, log_file) -> "subprocess.Popen":
-    """A layer job for one date in its own process, a client of the tests' Connect server, as Airflow or a
-    person at a terminal would start it; its log goes to `log_file`."""
-    import os
-    import subprocess
-    import sys
-
-    from tests.conftest import TEST_SPARK_ENV
-
-    env = {**os.environ, **TEST_SPARK_ENV, "LAKEHOUSE_RUNTIME": "connect", "LAKEHOUSE_GATES": "false",
-           "LAKEHOUSE_LANDING": str(settings.landing), "LAKEHOUSE_WAREHOUSE": str(settings.warehouse),
-           "LAKEHOUSE_GX_ROOT": str(settings.gx_root)}
-    return subprocess.Popen([sys.executable, "-m", f"spark_jobs.{layer}", "--source", "orders",
-                             "--ingestion-date", day.isoformat(), "--run-id", f"writer-{day}"],
-                            cwd=PROJECT_ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
 
 
 def test_a_job_waits_while_another_process_holds_its_layer_s_lock(spark, lakehouse, monkeypatch, caplog, fault):
@@ -956,7 +947,8 @@ def test_two_writers_of_a_layer_at_once_both_land_in_every_shared_table(spark, l
             for day in days:
                 logs[layer, day] = tmp_path / f"{layer}-{day}.log"
                 with logs[layer, day].open("w") as log_file:
-                    jobs.append(_job(layer, day, lakehouse, log_file))
+                    jobs.append(_job_process(layer, day, lakehouse, f"writer-{day}", log_file,
+                                             LAKEHOUSE_GATES="false"))
             deadline = time.monotonic() + 180
             while not all(f"waiting for the {layer} lock" in logs[layer, day].read_text() for day in days):
                 assert all(job.poll() is None for job in jobs), f"a {layer} job ended while the lock was held"
@@ -1034,7 +1026,6 @@ def test_a_connect_server_killed_mid_run_then_started_again_converges(spark, tmp
     import secrets
     import signal
     import subprocess
-    import sys
     import time
 
     from include.config import Settings
@@ -1067,15 +1058,9 @@ def test_a_connect_server_killed_mid_run_then_started_again_converges(spark, tmp
     run_bronze(spark, settings, ORDERS, days[1], "day 2")
     private = settings_at("faulted", **server_env)
     spark_connect.start(private, env={**os.environ, **TEST_SPARK_ENV, **server_env}, quiet=True)
-    env = {**os.environ, **TEST_SPARK_ENV, **server_env, "LAKEHOUSE_RUNTIME": "connect",
-           "LAKEHOUSE_LANDING": str(settings.landing), "LAKEHOUSE_WAREHOUSE": str(settings.warehouse),
-           "LAKEHOUSE_GX_ROOT": str(settings.gx_root)}
 
-    def silver_job() -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "spark_jobs.silver", "--source", "orders",
-                                 "--ingestion-date", days[1].isoformat(), "--run-id", "day 2"],
-                                cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True)
+    def silver_job():
+        return _job_process("silver", days[1], settings, "day 2", subprocess.PIPE, **server_env)
 
     try:
         before = _commits(settings.warehouse)
