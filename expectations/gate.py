@@ -142,10 +142,7 @@ def _sampled_rows_expectation():
     from great_expectations.execution_engine import SparkDFExecutionEngine
     from great_expectations.expectations.core.unexpected_rows_expectation import UnexpectedRowsExpectation
     from great_expectations.expectations.metrics.metric_provider import metric_value
-    from great_expectations.expectations.metrics.query_metric_provider import (
-        QueryMetricProvider,
-        UnsubstitutableQueryBraceError,
-    )
+    from great_expectations.expectations.metrics.query_metric_provider import QueryMetricProvider
     from great_expectations.render import LegacyDiagnosticRendererType
     from great_expectations.render.renderer.renderer import renderer
 
