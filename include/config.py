@@ -302,11 +302,14 @@ class Settings:
             "spark.scheduler.mode": "FAIR",
             "spark.scheduler.allocation.file": str(FAIR_SCHEDULER_CONFIG),
             "spark.local.dir": str(home / "scratch"),
-            # Shuffle files and broadcasts of finished jobs go when the driver's garbage collector finds them
-            # unreferenced; a server that runs for weeks should look more often than Spark's 30 minutes.
-            "spark.cleaner.periodicGC.interval": "5min",
+            # Shuffle files, broadcasts and the frames a finished session kept (local checkpoints) go when the
+            # driver's garbage collector finds them unreferenced: a server shared by every date's jobs looks
+            # every minute, not Spark's 30, with a concurrent collection rather than a full one that stops
+            # every running job.
+            "spark.cleaner.periodicGC.interval": "1min",
             "spark.driver.extraJavaOptions": " ".join(
-                [f"-Dlog4j.configurationFile=file:{LOG4J_CONFIG}", *([self.java_options] if self.java_options else [])]),
+                [f"-Dlog4j.configurationFile=file:{LOG4J_CONFIG}", "-XX:+ExplicitGCInvokesConcurrent",
+                 *([self.java_options] if self.java_options else [])]),
         }
 
     def driver_java_options(self, quick: bool = False) -> list[str]:

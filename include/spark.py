@@ -15,10 +15,12 @@ a log line.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import socket
 import uuid
+import weakref
 from typing import TYPE_CHECKING
 
 from include.config import Settings, delta_jars, delta_package, get_settings
@@ -27,6 +29,8 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 log = logging.getLogger("lakehouse.spark")
+# The Connect sessions this process opened, ended at its exit if nobody did (`_end_open_sessions`).
+_opened: weakref.WeakSet = weakref.WeakSet()
 
 # A Connect client gives up on a server that does not answer after about this long (six retries with
 # backoff), where pyspark's default waits ten minutes: a task of a server that is down fails fast and
@@ -156,7 +160,18 @@ def connect_session(settings: Settings, session_id: str | None = None, tag: str 
         raise _server_error(settings, error) from error
     if tag:
         spark.addTag(tag)
+    _opened.add(spark)
     return spark
+
+
+@atexit.register
+def _end_open_sessions() -> None:
+    """At exit, end the Connect sessions this process left open: the frames a job kept are held on the server
+    for its session, and a client left open would hang the interpreter's exit, its kept frames asking the
+    server one by one to drop them. A session a cleanup released already is only closed here."""
+    for spark in list(_opened):
+        if not spark.is_stopped:
+            spark.stop()
 
 
 def make_current(spark) -> None:
@@ -197,12 +212,10 @@ def _server_error(settings: Settings, error: Exception) -> Exception:
 
 def release_session(settings: Settings, session_id: str | None = None, spark: SparkSession | None = None,
                     token: str | None = None) -> list[str]:
-    """Stop whatever a session still runs on the Connect server, free the frames it cached (the server's
-    cache is shared by every session), and end it; the interrupted operations' ids. `spark`: the session
-    itself; else a new client attaches to `session_id` (a killed task's, or the try before a retry's). Safe
-    on a session that no longer exists."""
-    from spark_jobs import tables
-
+    """Stop whatever a session still runs on the Connect server and end it, which frees the frames its job
+    kept (local checkpoints, held for the session; the server's memory is shared by every session); the
+    interrupted operations' ids. `spark`: the session itself; else a new client attaches to `session_id` (a
+    killed task's, or the try before a retry's). Safe on a session that no longer exists."""
     try:
         spark = spark or connect_session(settings, session_id, token=token, current=False)
     except Exception as error:
@@ -211,11 +224,8 @@ def release_session(settings: Settings, session_id: str | None = None, spark: Sp
         raise
     try:
         interrupted = spark.interruptAll()
-        tables.release_cached(spark)
-        # An operation the job started meanwhile, and what it cached, go too.
-        interrupted += spark.interruptAll()
-        tables.release_cached(spark)
-        return interrupted
+        # An operation the job's threads started meanwhile goes too.
+        return interrupted + spark.interruptAll()
     except Exception as error:
         if "SESSION_CLOSED" in str(error):
             return []

@@ -8,11 +8,14 @@ helpers with `Settings.table_location`, so the same code serves both.
 Only DataFrame reads and writes and Delta's SQL are used: Delta's Python `DeltaTable` API needs Delta's
 Spark Connect plugin on the server, which is not published for the Delta release the project runs.
 
-Frames a job computes once and reads several times are cached through `cache` (unless
-LAKEHOUSE_CACHE_FRAMES is false: Databricks serverless compute has no cache), under a temporary view of
-the job's session, and released through `release` (or all at once, `release_cached`): the Connect server's
-cache is shared by every session, and a task that is killed leaves its views behind in its session,
-where the task's cleanup, or its retry, finds and releases them.
+Frames a job computes once and reads several times are kept through `cache` (unless LAKEHOUSE_CACHE_FRAMES
+is false: Databricks serverless compute has no cache). On a Spark Connect session a kept frame is a local
+checkpoint: its rows stay on the server for the session, and its plan has no lineage, so the many small
+queries a job runs over it (the gates' among them) are not analysed again from the Delta scans, joins and
+windows that built it. Its rows go when the client drops the frame or the session ends (every task's session
+ends with the task, a killed one's through its cleanup or its retry), at the server's next garbage
+collection. On a classic session a kept frame is cached under a temporary view of the session and freed by
+`release` (or all at once, `release_cached`).
 """
 
 from __future__ import annotations
@@ -203,12 +206,15 @@ def side_by_side(spark, *writes: Callable[[], None]) -> None:
 
 
 def cache(frame):
-    """`frame` computed once and kept in memory: cached under a temporary view of its session, the frame
-    read back from that view. Its first query fills the cache; `release` it, or `release_cached` the session."""
+    """`frame` computed once and kept: a local checkpoint on a Spark Connect session, else cached under a
+    temporary view of its session and read back from that view. Its first query computes it; `release` it,
+    or `release_cached` the session."""
     if os.environ.get("LAKEHOUSE_CACHE_FRAMES", "true").lower() in ("0", "false", "no", "off"):
         return frame  # compute where there is no cache (Databricks serverless): each use computes the frame again
     spark = frame.sparkSession
-    view = f"{CACHE_PREFIX}{owner(spark)}_{next(_views)}"
+    if connect_session_id(spark):
+        return frame.localCheckpoint(eager=False)
+    view = f"{CACHE_PREFIX}p{os.getpid()}_{next(_views)}"
     frame.createOrReplaceTempView(view)
     spark.catalog.cacheTable(view)
     cached = spark.table(view)
@@ -218,7 +224,8 @@ def cache(frame):
 
 def release(*frames) -> None:
     """Free cached frames, in the order given (dependents first: uncaching a frame that cached frames are built
-    on makes Spark plan those again)."""
+    on makes Spark plan those again). A local checkpoint has nothing to free here: its rows go with the
+    session, or when the last frame built on it is dropped."""
     for frame in frames:
         view = _view_of(frame)
         if view:
@@ -227,7 +234,7 @@ def release(*frames) -> None:
 
 
 def release_cached(spark) -> int:
-    """Free every frame the session still holds cached through `cache`, newest first; how many."""
+    """Free every frame the session still holds cached under a view of `cache`, newest first; how many."""
     views = sorted((table.name for table in spark.catalog.listTables()
                     if table.isTemporary and table.name.startswith(CACHE_PREFIX)),
                    key=lambda name: int(name.rsplit("_", 1)[1]) if name.rsplit("_", 1)[1].isdigit() else 0,
@@ -238,11 +245,10 @@ def release_cached(spark) -> int:
     return len(views)
 
 
-def owner(spark) -> str:
-    """What names a session's cached views in the server's storage (the Spark UI's Storage page): the first
-    characters of its Connect session id, or this process's id for a classic session."""
+def connect_session_id(spark) -> str | None:
+    """The session's id on its Spark Connect server; None for a classic session."""
     session_id = getattr(spark, "session_id", None)
-    return session_id.replace("-", "")[:12] if isinstance(session_id, str) else f"p{os.getpid()}"
+    return session_id if isinstance(session_id, str) else None
 
 
 def _view_of(frame) -> str | None:
