@@ -16,11 +16,13 @@ a log line.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import socket
 import uuid
 import weakref
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from include.config import Settings, delta_jars, delta_package, get_settings
@@ -186,6 +188,21 @@ def make_current(spark) -> None:
     if isinstance(spark, ConnectSession):
         ConnectSession._default_session = spark
         ConnectSession._active_session.session = spark
+
+
+@contextlib.contextmanager
+def active(spark) -> Iterator[None]:
+    """`spark` the active session of this thread for the block, as it was before after it: pyspark binds the
+    frame a Connect call answers with (a local checkpoint's) to the thread's active session, not to the
+    session that made the call, and a process may hold several sessions (a cleanup's, a test's)."""
+    from pyspark.sql.connect.session import SparkSession as ConnectSession
+
+    before = getattr(ConnectSession._active_session, "session", None)
+    ConnectSession._active_session.session = spark
+    try:
+        yield
+    finally:
+        ConnectSession._active_session.session = before
 
 
 def tagged_pool(spark, workers: int, prefix: str):

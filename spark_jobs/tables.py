@@ -213,7 +213,10 @@ def cache(frame):
         return frame  # compute where there is no cache (Databricks serverless): each use computes the frame again
     spark = frame.sparkSession
     if connect_session_id(spark):
-        return frame.localCheckpoint(eager=False)
+        from include.spark import active
+
+        with active(spark):
+            return frame.localCheckpoint(eager=False)
     view = f"{CACHE_PREFIX}p{os.getpid()}_{next(_views)}"
     frame.createOrReplaceTempView(view)
     spark.catalog.cacheTable(view)

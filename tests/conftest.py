@@ -63,14 +63,23 @@ def connect_server() -> Settings:
 
 
 @pytest.fixture(scope="session")
-def spark(tmp_path_factory):
-    """A session of the test process on the tests' Spark Connect server."""
+def spark_session(tmp_path_factory):
     from include.spark import get_spark
 
     settings = connect_server()
     session = get_spark("lakehouse-tests", settings)
     yield session
     session.stop()
+
+
+@pytest.fixture
+def spark(spark_session):
+    """The test process's session on the tests' Spark Connect server, the current one for the test (Great
+    Expectations finds its session as the current one; a test before may have opened and stopped another)."""
+    from include.spark import make_current
+
+    make_current(spark_session)
+    return spark_session
 
 
 @pytest.fixture

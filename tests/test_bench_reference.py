@@ -19,7 +19,7 @@ DAYS = {ORDERS.name: [date(2010, 12, 1), date(2010, 12, 2)], EVENTS.name: [date(
 
 
 @pytest.fixture(scope="module")
-def both_engines(spark, tmp_path_factory):
+def both_engines(spark_session, tmp_path_factory):
     from include.config import Settings
     from include.tools.bench_reference import Reference
     from tests.conftest import TEST_SPARK_ENV
@@ -36,9 +36,9 @@ def both_engines(spark, tmp_path_factory):
     counts = {"spark": {}, "duckdb": {}}
     for source in (ORDERS, EVENTS):
         for day in DAYS[source.name]:
-            bronze = run_bronze(spark, settings, source, day, f"bronze-{day}")
-            silver = run_silver(spark, settings, source, day, f"silver-{day}")
-            run_gold(spark, settings, source, day, f"gold-{day}")
+            bronze = run_bronze(spark_session, settings, source, day, f"bronze-{day}")
+            silver = run_silver(spark_session, settings, source, day, f"silver-{day}")
+            run_gold(spark_session, settings, source, day, f"gold-{day}")
             counts["spark"][(source, day)] = (bronze.rows, bronze.malformed_rows, silver.silver_rows,
                                               silver.quarantined_rows)
             theirs = reference.bronze(source.name, day), reference.silver(source.name, day)

@@ -26,7 +26,7 @@ DAYS = [date(2019, 10, 1), date(2019, 10, 2), date(2019, 10, 3)]
 
 
 @pytest.fixture(scope="module")
-def event_days(spark, tmp_path_factory):
+def event_days(spark_session, tmp_path_factory):
     from include.config import Settings
     from tests.conftest import TEST_SPARK_ENV
 
@@ -39,7 +39,7 @@ def event_days(spark, tmp_path_factory):
                           "--duplicate-rate", "0.03", "--late-rate", "0.05", "--negative-price-rate", "0.01",
                           "--landing", str(settings.landing)])
     for day in DAYS:
-        run_bronze(spark, settings, EVENTS, day, f"bronze-{day}")
+        run_bronze(spark_session, settings, EVENTS, day, f"bronze-{day}")
     return settings
 
 

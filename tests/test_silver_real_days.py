@@ -33,7 +33,7 @@ SILVER_COLUMNS = ("_ingestion_date", "invoice_no", "stock_code", "description", 
 
 
 @pytest.fixture(scope="module")
-def ten_days(spark, tmp_path_factory):
+def ten_days(spark_session, tmp_path_factory):
     from include.config import Settings
     from tests.conftest import TEST_SPARK_ENV
 
@@ -46,7 +46,7 @@ def ten_days(spark, tmp_path_factory):
     days = sorted(files_by_date(settings.landing / "orders"))
     assert len(days) == DAYS
     for day in days:
-        run_bronze(spark, settings, ORDERS, day, f"bronze-{day}")
+        run_bronze(spark_session, settings, ORDERS, day, f"bronze-{day}")
     return settings, days
 
 
