@@ -82,9 +82,9 @@ def build(spark, settings, order) -> dict[str, list[tuple]]:
 
 
 @pytest.fixture(scope="module")
-def in_order(spark, ten_days):
+def in_order(spark_session, ten_days):
     settings, days = ten_days
-    return build(spark, settings, days)
+    return build(spark_session, settings, days)
 
 
 @pytest.mark.slow

@@ -119,13 +119,13 @@ def test_cases_use_only_the_documented_rules():
 
 
 @pytest.fixture(scope="module")
-def order_results(spark):
-    return classified(spark, ORDERS, classify_orders, ORDER_CASES)
+def order_results(spark_session):
+    return classified(spark_session, ORDERS, classify_orders, ORDER_CASES)
 
 
 @pytest.fixture(scope="module")
-def event_results(spark):
-    return classified(spark, EVENTS, classify_events, EVENT_CASES)
+def event_results(spark_session):
+    return classified(spark_session, EVENTS, classify_events, EVENT_CASES)
 
 
 @pytest.mark.parametrize("case", range(len(ORDER_CASES)), ids=lambda i: str(ORDER_CASES[i][0]))
