@@ -31,8 +31,10 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 log = logging.getLogger("lakehouse.spark")
-# The Connect sessions this process opened, ended at its exit if nobody did (`_end_open_sessions`).
+# The Connect sessions this process opened, ended at its exit if nobody did (`_end_open_sessions`). A forked
+# child (an executor's worker, a test's helper) does not own its parent's: it starts with none.
 _opened: weakref.WeakSet = weakref.WeakSet()
+os.register_at_fork(after_in_child=_opened.clear)
 
 # A Connect client gives up on a server that does not answer after about this long (six retries with
 # backoff), where pyspark's default waits ten minutes: a task of a server that is down fails fast and
