@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -153,6 +154,42 @@ def test_the_frames_a_job_kept_are_freed_when_its_session_ends(server, tmp_path)
             os.environ.pop(name, None)
         release_session(settings, spark=spark)
     assert not _freed(settings, session_id, kept), "the ended session's kept frames are still stored"
+
+
+def test_a_process_ends_the_sessions_it_left_open_but_a_forked_child_not_its_parent_s(server):
+    from include import spark as sessions
+
+    script = ("from include.config import Settings; from include.spark import connect_session; "
+              "import sys; spark = connect_session(Settings.from_env()); spark.range(1).count(); "
+              "print(spark.session_id, flush=True)")
+    env = {**os.environ, **TEST_SPARK_ENV}
+    left = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120,
+                          cwd=Path(sessions.__file__).parent.parent, check=True).stdout.split()[-1]
+    assert _closed(server, left), "the session outlived its process"
+
+    spark = connect_session(server, current=False)
+    try:
+        child = os.fork()
+        if child == 0:  # the child's exit handler only, as it runs when a forked worker exits
+            try:
+                sessions._end_open_sessions()
+            finally:
+                os._exit(0)
+        os.waitpid(child, 0)
+        assert spark.range(5).count() == 5, "the parent's session was ended by its child"
+    finally:
+        spark.stop()
+
+
+def _closed(settings: Settings, session_id: str) -> bool:
+    """Whether the server closed the session (it refuses a client that attaches to it)."""
+    try:
+        spark = connect_session(settings, session_id, current=False)
+        spark.range(1).count()
+    except Exception as error:
+        return "SESSION_CLOSED" in str(error)
+    spark.stop()
+    return False
 
 
 def test_a_task_whose_server_is_down_fails_within_seconds_and_says_how_to_start_it(tmp_path, sample_orders_dir):
