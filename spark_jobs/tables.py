@@ -12,10 +12,10 @@ Frames a job computes once and reads several times are kept through `cache` (unl
 is false: Databricks serverless compute has no cache). On a Spark Connect session a kept frame is a local
 checkpoint: its rows stay on the server for the session, and its plan has no lineage, so the many small
 queries a job runs over it (the gates' among them) are not analysed again from the Delta scans, joins and
-windows that built it. Its rows go when the client drops the frame or the session ends (every task's session
-ends with the task, a killed one's through its cleanup or its retry), at the server's next garbage
-collection. On a classic session a kept frame is cached under a temporary view of the session and freed by
-`release` (or all at once, `release_cached`).
+windows that built it. Its rows go when the session ends (every task's session ends with the task, a killed
+one's through its cleanup or its retry), at the server's next garbage collection: dropping the frame earlier
+does not free them, the session still refers to them. On a classic session a kept frame is cached under a
+temporary view of the session and freed by `release` (a killed job's JVM takes its cache with it).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pathlib import Path
 
 log = logging.getLogger("lakehouse.tables")
 
-# Cached frames' temporary views start with this; `release_cached` frees every one of a session.
+# Cached frames' temporary views start with this, then the process id (the Storage page of the Spark UI).
 CACHE_PREFIX = "lakehouse_cached_"
 # Delta's errors for a commit that lost to another writer's (optimistic concurrency): the write is tried again.
 CONFLICT_ERRORS = (
@@ -207,8 +207,7 @@ def side_by_side(spark, *writes: Callable[[], None]) -> None:
 
 def cache(frame):
     """`frame` computed once and kept: a local checkpoint on a Spark Connect session, else cached under a
-    temporary view of its session and read back from that view. Its first query computes it; `release` it,
-    or `release_cached` the session."""
+    temporary view of its session and read back from that view. Its first query computes it; `release` it."""
     if os.environ.get("LAKEHOUSE_CACHE_FRAMES", "true").lower() in ("0", "false", "no", "off"):
         return frame  # compute where there is no cache (Databricks serverless): each use computes the frame again
     spark = frame.sparkSession
@@ -228,24 +227,12 @@ def cache(frame):
 def release(*frames) -> None:
     """Free cached frames, in the order given (dependents first: uncaching a frame that cached frames are built
     on makes Spark plan those again). A local checkpoint has nothing to free here: its rows go with the
-    session, or when the last frame built on it is dropped."""
+    session."""
     for frame in frames:
         view = _view_of(frame)
         if view:
             frame.sparkSession.catalog.uncacheTable(view)
             frame.sparkSession.catalog.dropTempView(view)
-
-
-def release_cached(spark) -> int:
-    """Free every frame the session still holds cached under a view of `cache`, newest first; how many."""
-    views = sorted((table.name for table in spark.catalog.listTables()
-                    if table.isTemporary and table.name.startswith(CACHE_PREFIX)),
-                   key=lambda name: int(name.rsplit("_", 1)[1]) if name.rsplit("_", 1)[1].isdigit() else 0,
-                   reverse=True)
-    for view in views:
-        spark.catalog.uncacheTable(view)
-        spark.catalog.dropTempView(view)
-    return len(views)
 
 
 def connect_session_id(spark) -> str | None:
