@@ -215,7 +215,12 @@ def cache(frame):
         from include.spark import active
 
         with active(spark):
-            return frame.localCheckpoint(eager=False)
+            kept = frame.localCheckpoint(eager=False)
+        # Dropping the frame would not free its rows (the session's end does), and pyspark would ask the server
+        # to drop it from inside the garbage collector: a gRPC call at any point of any thread, interpreter exit
+        # included, where it can wait on the very channel the interrupted thread holds. Nothing is asked.
+        kept._plan._spark_session = None
+        return kept
     view = f"{CACHE_PREFIX}p{os.getpid()}_{next(_views)}"
     frame.createOrReplaceTempView(view)
     spark.catalog.cacheTable(view)
