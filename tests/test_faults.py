@@ -977,7 +977,7 @@ def test_two_writers_of_a_layer_at_once_both_land_in_every_shared_table(spark, l
 def test_with_the_gates_on_dates_in_reverse_order_and_rerun_give_the_tables_of_one_run_in_order(
         spark, tmp_path, sample_orders_dir, fault):
     """Three real order days (their first lines; the second day also re-sends lines of the first, the third of
-    the second) through bronze, silver and gold with every gate on: run D3, D1, D2, D1, every gate passes and
+    the second) through bronze, silver and gold with every gate on: run D3, D1, D2, D1, D1, every gate passes and
     they publish the same tables as D1, D2, D3 run once - the earlier date keeps a re-sent line whichever runs
     first. (The run in order, the reference, runs without the gates: they decide whether a job publishes, not
     what it writes, and the run out of order is the one whose gates are under test.)"""
@@ -1011,9 +1011,9 @@ def test_with_the_gates_on_dates_in_reverse_order_and_rerun_give_the_tables_of_o
     in_order = build("in-order", days, gates=False)
     duplicates = [row for row in in_order["silver.quarantine"] if "duplicate" in row]
     assert len(duplicates) >= 20, "the re-sent lines are quarantined as duplicates of the earlier date's"
-    reverse = build("reverse", [days[2], days[0], days[1], days[0]], gates=True)
+    reverse = build("reverse", [days[2], days[0], days[1], days[0], days[0]], gates=True)
     assert reverse == in_order
-    fault("dates out of order and rerun, gates on", "3 real days: D3, D1, D2, D1 gated against D1, D2, D3",
+    fault("dates out of order and rerun, gates on", "3 real days: D3, D1, D2, D1, D1 gated against D1, D2, D3",
           "the same tables in every layer", 0)
 
 
