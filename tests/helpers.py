@@ -75,3 +75,28 @@ def prepare_airflow_db(env: dict[str, str]) -> None:
     for step in (["airflow", "db", "migrate"], [sys.executable, "-m", "include.orchestration"]):
         done = subprocess.run(step, env=env, capture_output=True, text=True)
         assert done.returncode == 0, done.stdout + done.stderr
+
+
+def documented_columns() -> dict[str, list[str]]:
+    """`layer.table` -> its columns, as docs/architecture.md's tables of bronze, silver and gold give them: the
+    names in backquotes after the table's name (a mart's key first), "the source's columns" standing for the
+    source's layout."""
+    import re
+
+    text = (PROJECT_ROOT / "docs" / "architecture.md").read_text()
+    sections = re.split(r"^### ", text, flags=re.M)
+    documented = {}
+    for section in sections:
+        if not re.match(r"(Bronze|Silver|Gold)\b", section):
+            continue
+        for row in re.findall(r"^\| `(?:bronze|silver|gold)/.*$", section, flags=re.M):
+            cells = [cell.strip() for cell in row.strip("|").split(" | ")]
+            tables = re.findall(r"`(\w+)/(\w+)`", cells[0])
+            names = [name.strip() for quoted in re.findall(r"`([^`]+)`", " ".join(cells[1:]))
+                     for name in quoted.split(",")]
+            columns = list(dict.fromkeys(name for name in names if re.fullmatch(r"_?[a-z][a-z0-9_]*", name)))
+            for layer, table in tables:
+                source = {"orders": ORDERS, "events": EVENTS}.get(table)
+                prefix = list(source.columns) if source and "the source's columns" in cells[1] else []
+                documented[f"{layer}.{table}"] = prefix + columns
+    return documented

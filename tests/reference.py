@@ -1,7 +1,7 @@
 """The orders cleaning rules and dimensions written again in plain Python, to check the Spark jobs against.
 
 Independent of the jobs on purpose: it reads the delivered files with the csv module and applies
-ARCHITECTURE.md's rules line by line, in ingestion date order (which is how a reader of the rules
+docs/architecture.md's rules line by line, in ingestion date order (which is how a reader of the rules
 would apply them, and what any processing order must come out as).
 """
 
@@ -205,7 +205,7 @@ def _rate(numerator: int, denominator: int) -> Decimal | None:
 
 
 def daily_sales_reference(silver: list[tuple]) -> list[tuple]:
-    """`gold/daily_sales` rows from `OrdersReference.silver`: ARCHITECTURE.md's definition, line by line."""
+    """`gold/daily_sales` rows from `OrdersReference.silver`: docs/architecture.md's definition, line by line."""
     groups = defaultdict(lambda: (set(), [0, 0, Decimal(0)], set()))
     for _, invoice, _, _, quantity, _, line_total, ts, customer, country, cancellation in silver:
         if cancellation:

@@ -5,7 +5,8 @@ executors, and the tables equal a local run's - one that addresses them by catal
 
 The DAG run on the cluster is the orders source's three layer jobs (the run's `sources` param): the
 events jobs are submitted the same way, and each job on the cluster costs about 50 s of make test's
-15 minutes. The local run by catalog name builds both sources."""
+15 minutes. The local run by catalog name builds both sources, and every published table there has the
+columns the project's contract, docs/architecture.md, gives it."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import pytest
 
 from include.sources import EVENTS, ORDERS, PUBLISHED_TABLES
 from include.tools import generate_events, spark_cluster, stage_orders
-from tests.helpers import airflow_env, free_port, prepare_airflow_db, published_tables
+from tests.helpers import airflow_env, documented_columns, free_port, prepare_airflow_db, published_tables
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("spark_cluster")]
 
@@ -105,6 +106,12 @@ def test_the_dag_runs_every_layer_on_the_cluster_and_its_tables_equal_a_local_ru
             for table in names:
                 assert spark.catalog.tableExists(f"{CATALOG}.{layer}.{table}"), f"{layer}.{table} has no name"
         assert spark.table(f"{CATALOG}.gold.funnel_daily").count() > 0, "no events rows"
+        # Every published table has the columns docs/architecture.md, the project's contract, gives it.
+        documented = documented_columns()
+        assert set(documented) == {f"{layer}.{table}" for (layer, _), names in PUBLISHED_TABLES.items()
+                                   for table in names}, "docs/architecture.md documents other tables"
+        for name, columns in documented.items():
+            assert spark.table(f"{CATALOG}.{name}").columns == columns, f"docs/architecture.md: {name}"
         # The change feed silver turns on for gold is a property of the named table too.
         properties = dict(spark.sql(f"SHOW TBLPROPERTIES {CATALOG}.silver.orders").collect())
         assert properties.get("delta.enableChangeDataFeed") == "true"
