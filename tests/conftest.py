@@ -98,6 +98,14 @@ def sample_orders_dir() -> Path:
     return SAMPLE_ORDERS_DIR
 
 
+def pytest_collection_modifyitems(items):
+    """A slow acceptance run (`make test-slow`, `make test-faults`) may take far longer than pyproject's timeout
+    for `make test`'s tests; an hour still ends one that hangs."""
+    for item in items:
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(3600))
+
+
 def pytest_terminal_summary(terminalreporter):
     """The fault suite's table (tests/test_faults.py records a row per case it ran, workers included)."""
     rows = [(report.nodeid.split("::")[-1], report.outcome, properties)
