@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 from include.config import PROJECT_ROOT
-from include.sources import EVENTS, ORDERS, PUBLISHED_TABLES
+from include.sources import EVENTS, ORDERS, PUBLISHED_TABLES, SOURCES
 
 ORDERS_HEADER = ORDERS.header
 EVENTS_HEADER = EVENTS.header
@@ -81,8 +82,6 @@ def documented_columns() -> dict[str, list[str]]:
     """`layer.table` -> its columns, as docs/architecture.md's tables of bronze, silver and gold give them: the
     names in backquotes after the table's name (a mart's key first), "the source's columns" standing for the
     source's layout."""
-    import re
-
     text = (PROJECT_ROOT / "docs" / "architecture.md").read_text()
     sections = re.split(r"^### ", text, flags=re.M)
     documented = {}
@@ -96,7 +95,7 @@ def documented_columns() -> dict[str, list[str]]:
                      for name in quoted.split(",")]
             columns = list(dict.fromkeys(name for name in names if re.fullmatch(r"_?[a-z][a-z0-9_]*", name)))
             for layer, table in tables:
-                source = {"orders": ORDERS, "events": EVENTS}.get(table)
+                source = SOURCES.get(table)
                 prefix = list(source.columns) if source and "the source's columns" in cells[1] else []
                 documented[f"{layer}.{table}"] = prefix + columns
     return documented
