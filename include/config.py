@@ -307,6 +307,11 @@ class Settings:
             # every minute, not Spark's 30, with a concurrent collection rather than a full one that stops
             # every running job.
             "spark.cleaner.periodicGC.interval": "1min",
+            # Client sessions share the server's class loader (include/connect_server.py says why), so the
+            # classes Spark generates for one task's queries serve the next task's. The cache holds those of
+            # every layer and source (a thousand and more; docs/benchmark.md), where Spark's default keeps 100.
+            "spark.sql.artifact.isolation.enabled": "false",
+            "spark.sql.codegen.cache.maxEntries": "4000",
             "spark.driver.extraJavaOptions": " ".join(
                 [f"-Dlog4j.configurationFile=file:{LOG4J_CONFIG}", "-XX:+ExplicitGCInvokesConcurrent",
                  *([self.java_options] if self.java_options else [])]),

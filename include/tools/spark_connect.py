@@ -7,8 +7,9 @@ between tasks.
     python -m include.tools.spark_connect stop      # `make spark-connect-stop`
     python -m include.tools.spark_connect status
 
-`start` runs `spark-submit --class org.apache.spark.sql.connect.service.SparkConnectServer` (pip pyspark has
-no start script) with the Delta jars `make setup` keeps in the venv, Delta's SQL extension and catalog,
+`start` runs pip pyspark's Spark Connect service through spark-submit (pip pyspark has no start script;
+its driver program, include/connect_server.py, is the stock server's but for sessions that share generated
+code) with the Delta jars `make setup` keeps in the venv, Delta's SQL extension and catalog,
 the fair scheduler between sessions (include/spark-fairscheduler.xml) and a heap of
 LAKEHOUSE_CONNECT_MEMORY (8g: room for several dates at once on a 24 GiB machine). It listens on
 127.0.0.1:$LAKEHOUSE_CONNECT_PORT (15002) only, with its Spark UI on 127.0.0.1:$LAKEHOUSE_CONNECT_UI_PORT
@@ -38,10 +39,11 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from include.config import Settings, delta_jars, delta_package, get_settings
+from include.config import PROJECT_ROOT, Settings, delta_jars, delta_package, get_settings
 from include.spark import ServerUnavailable, connect_session, connect_token, server_listening
 
-SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
+# The server's driver program: Spark Connect's service with sessions that share generated code (see there).
+SERVER_PROGRAM = PROJECT_ROOT / "include" / "connect_server.py"
 START_TIMEOUT = 180
 
 
@@ -89,13 +91,13 @@ def healthy(settings: Settings, token: str | None) -> bool:
 def command(settings: Settings) -> list[str]:
     """The server's spark-submit command line (no secret in it)."""
     conf = settings.connect_server_conf()
-    line = ["spark-submit", "--master", settings.spark_master, "--class", SERVER_CLASS,
+    line = ["spark-submit", "--master", settings.spark_master,
             "--name", "lakehouse-connect", "--driver-memory", settings.connect_memory]
     for key, value in conf.items():
         line += ["--conf", f"{key}={value}"]
     jars = delta_jars()
     line += ["--jars", ",".join(jars)] if jars else ["--packages", delta_package()]
-    return [*line, "spark-internal"]
+    return [*line, str(SERVER_PROGRAM)]
 
 
 @contextlib.contextmanager
