@@ -29,13 +29,14 @@ RUN_DAYS ?= 3
 RUN_EVENTS_PER_DAY ?= 20000
 RUN_FIRST_DAY ?= 2010-12-01
 
-.PHONY: help setup run test test-slow test-faults bench browser dag-test airflow airflow-stop backfill airflow-db spark-connect \
+.PHONY: help setup lint run test test-slow test-faults bench browser dag-test airflow airflow-stop backfill airflow-db spark-connect \
 	spark-connect-stop spark-cluster spark-cluster-stop clean
 
 help:
 	@echo "make setup                   create .venv with the pinned requirements (idempotent)"
 	@echo "make run                     stage real orders and generated events, run lakehouse_daily, show the tables"
 	@echo "make test                    run the test suite (all but the tests marked slow)"
+	@echo "make lint                    ruff, and deptry: every imported package declared, every declared one used"
 	@echo "make test-slow               run the slow acceptance tests"
 	@echo "make test-faults             run the fault suite (its fast cases are in make test)"
 	@echo "make bench [BENCH_ARGS=...]  the benchmark: layers, DuckDB on the same input, growth, fixed cost (bench-results/)"
@@ -68,13 +69,13 @@ setup: $(SETUP_STAMP)
 # --compile-bytecode: every Airflow task, spark-submit driver and test process imports Airflow, PySpark
 # and Great Expectations; compiled once here, they are not recompiled from source at each start
 # (which is what happens where PYTHONDONTWRITEBYTECODE is set: importing GX took 8.6 s instead of 5.2).
-$(SETUP_STAMP): requirements.txt
+$(SETUP_STAMP): requirements.txt requirements-dev.txt
 	@bash include/check-prerequisites.sh "$(PYTHON)"
 	@started=$$(date +%s); \
 	if [ ! -x "$(BIN)/python" ]; then $(PYTHON) -m venv "$(VENV)"; fi && \
 	$(BIN)/python -m pip install --quiet --upgrade pip uv && \
-	$(BIN)/uv pip install --quiet --compile-bytecode --python "$(BIN)/python" -r requirements.txt && \
-	echo "setup: installed requirements.txt into .venv in $$(( $$(date +%s) - started )) s"
+	$(BIN)/uv pip install --quiet --compile-bytecode --python "$(BIN)/python" -r requirements.txt -r requirements-dev.txt && \
+	echo "setup: installed requirements.txt and requirements-dev.txt into .venv in $$(( $$(date +%s) - started )) s"
 	@touch "$@"
 
 # The metadata database, with the pools and connections of include/orchestration.py.
@@ -138,6 +139,10 @@ dag-test: airflow-db
 # everything contending for the cores). Tests that share a costly fixture carry the same xdist_group and
 # run on one worker.
 TEST_WORKERS ?= 2
+
+lint: setup
+	ruff check .
+	deptry . --no-ansi
 
 test: setup browser
 	python -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=12 -m "not slow"

@@ -50,10 +50,11 @@ Each layer task's **Data Docs** button opens the validation pages of its date in
 
 Where the jobs run (`LAKEHOUSE_RUNTIME`, the same job files everywhere): **connect** (default) in the task's
 own process, as a client of the long-running Spark Connect server (`make spark-connect`; its token in the
-connection `spark_connect_default`); **local** spark-submit to local Spark (connection `spark_local`); **spark** spark-submit to the standalone cluster in the
-`spark_default` connection, the project's code shipped with `--py-files`; **databricks** a one-time
-Databricks run per layer job (connection `databricks_default`; tables in Unity Catalog, deliveries in a
-volume; see include/databricks.py), cancelled when its Airflow task is killed.
+connection `spark_connect_default`); **local** spark-submit to local Spark (connection `spark_local`);
+**spark** spark-submit to the standalone cluster in the `spark_default` connection, the project's code shipped
+with `--py-files`; **databricks** a one-time Databricks run per layer job (connection `databricks_default`;
+tables in Unity Catalog, deliveries in a volume; see include/databricks.py), cancelled when its Airflow task
+is killed.
 """
 
 from __future__ import annotations

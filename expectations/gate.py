@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -336,7 +336,7 @@ def audit(spark, settings, layer: str, source: str, ingestion_date: date, checks
 
     # GX finds its session through pyspark's current one: the job's, whichever session this process made last.
     make_current(spark)
-    run_time = datetime.now(timezone.utc)
+    run_time = datetime.now(UTC)
     run_name = validation_run_name(ingestion_date.isoformat(), layer, source)
     with _locked(settings.gx_root):
         context = project(settings)

@@ -208,8 +208,13 @@ class LayerConnectOperator(BaseOperator):
     def execute(self, context) -> None:
         import importlib
 
-        from include.spark import ServerUnavailable, connect_session, server_listening, session_id_for, \
-            unavailable_message
+        from include.spark import (
+            ServerUnavailable,
+            connect_session,
+            server_listening,
+            session_id_for,
+            unavailable_message,
+        )
         from spark_jobs.common import RefusedInput, quiet_libraries
 
         quiet_libraries()

@@ -14,7 +14,7 @@ import logging
 import sys
 import time
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from functools import reduce
 from pathlib import Path
 
@@ -77,7 +77,7 @@ def run_bronze(spark, settings: Settings, source: Source, ingestion_date: date, 
         log.info("%s: %s bytes, %s data lines, sha256 %s", item.relative_path, f"{item.size_bytes:,}",
                  f"{item.data_lines:,}", item.sha256)
 
-    ingested_at = datetime.now(timezone.utc)
+    ingested_at = datetime.now(UTC)
     lines = _read_lines(spark, delivered)
     bronze = add_ingestion_metadata(parse_lines(lines, source), source, ingestion_date, ingested_at, run_id)
     manifest = _manifest(spark, source, ingestion_date, delivered, ingested_at, run_id)

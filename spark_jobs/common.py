@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Where a job cannot take environment variables (a Databricks task on an existing cluster or serverless),
@@ -83,7 +83,7 @@ def job_arguments(description: str, argv: list[str] | None = None,
         extra_arguments(parser)
     args = parser.parse_args(argv)
     if args.run_id is None:
-        args.run_id = f"manual__{datetime.now(timezone.utc).strftime('%Y-%m-%dT%H:%M:%S')}"
+        args.run_id = f"manual__{datetime.now(UTC).strftime('%Y-%m-%dT%H:%M:%S')}"
     return args
 
 

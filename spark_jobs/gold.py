@@ -28,7 +28,7 @@ import logging
 import sys
 import time
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 # Run as a file (spark-submit, a Databricks spark_python_task), the project root is not on the path. A
@@ -289,7 +289,7 @@ def _record_progress(spark, settings: Settings, source: Source, ingestion_date: 
         T.StructField("recorded_at", T.TimestampType(), False),
         T.StructField("silver_table_id", T.StringType(), True),
     ])
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     rows = [(result.table, source.name, result.silver_version, result.refresh, result.keys, round(result.seconds, 3),
              ingestion_date, run_id, now, silver_id) for result in results]
     # mergeSchema: a progress table from before the table ids were recorded gets the column (null in old rows).

@@ -23,7 +23,7 @@ import os
 import socket
 import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 log = logging.getLogger("lakehouse.locks")
@@ -76,7 +76,7 @@ def layer_lock(settings, layer: str, job: str) -> Iterator[None]:
         if waited:
             log.info("took the %s lock after waiting %.1f s", layer, time.monotonic() - started)
         os.ftruncate(handle, 0)
-        since = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        since = datetime.now(UTC).isoformat(timespec="seconds")
         os.pwrite(handle, f"{job} (pid {os.getpid()} on {socket.gethostname()}, since {since})".encode(), 0)
         try:
             yield

@@ -109,7 +109,8 @@ def run_silver(spark, settings: Settings, source: Source, ingestion_date: date, 
     rows, decided, later_rows = day, entries, None
     if later:
         # Cached like the date's own rows: their entries are read by the duplicate rule and written to the index.
-        later_rows = store.cache(fingerprint(source, classify(source, bronze.where(F.col("_ingestion_date").isin(*later)))))
+        later_bronze = bronze.where(F.col("_ingestion_date").isin(*later))
+        later_rows = store.cache(fingerprint(source, classify(source, later_bronze)))
         rows, decided = day.unionByName(later_rows), entries.unionByName(_index_entries(source, later_rows))
     if stored is not None:
         index = stored.where(~F.col("_ingestion_date").isin(*dates)).unionByName(decided)
@@ -248,8 +249,9 @@ def _index_entries(source: Source, rows):
 
 def _arguments(parser) -> None:
     parser.add_argument("--max-quarantine-share", type=_share, default=None, metavar="SHARE",
-                        help="this run's quarantine threshold, 0 to 1, instead of LAKEHOUSE_MAX_QUARANTINE_SHARE_<SOURCE>"
-                             " (to accept a date the setting refused); 'default' or nothing: the setting")
+                        help="this run's quarantine threshold, 0 to 1, instead of "
+                             "LAKEHOUSE_MAX_QUARANTINE_SHARE_<SOURCE> (to accept a date the setting refused); "
+                             "'default' or nothing: the setting")
 
 
 def _share(text: str) -> float | None:

@@ -116,7 +116,7 @@ def pytest_terminal_summary(terminalreporter):
         return
     terminalreporter.write_sep("=", "fault suite")
     terminalreporter.write_line(f"{'case':44} {'what was done':58} {'outcome':40} rows lost")
-    for test, outcome, case in sorted(rows, key=lambda row: row[2]["case"]):
+    for _test, outcome, case in sorted(rows, key=lambda row: row[2]["case"]):
         verdict = case["outcome"] if outcome == "passed" else f"TEST {outcome.upper()}"
         terminalreporter.write_line(f"{case['case'][:44]:44} {case['done'][:58]:58} {verdict[:40]:40} "
                                     f"{case['rows_lost']}")

@@ -8,7 +8,6 @@ from datetime import date
 
 import pytest
 
-
 from expectations.gate import GateFailed
 from include.landing import DeliveryError, HeaderMismatchError
 from include.sources import EVENTS, ORDERS

@@ -85,8 +85,8 @@ def _freed(settings: Settings, kept: set[int]) -> set[int]:
     """What of `kept` the server still stores after the session ended, once its garbage collector (which
     frees a finished session's local checkpoints) ran: a full collection asked for every few seconds through
     `jcmd` where the JDK has it, beside the server's own periodic ones (every minute, concurrent). On a machine
-    loaded by other tests a session's rows have taken from seconds to more than two minutes to go: the wait is long, and ends as soon as
-    they went."""
+    loaded by other tests a session's rows have taken from seconds to more than two minutes to go: the wait is
+    long, and ends as soon as they went."""
     pid, jcmd = spark_connect.running_pid(settings), shutil.which("jcmd")
     started = time.monotonic()
     # The stored RDDs only: the session's jobs and stages were read once (`kept`), and the UI drops old stages

@@ -198,7 +198,7 @@ def test_the_benchmark_submits_the_command_the_dag_task_submits(monkeypatch):
         submitted = task._get_hook()._build_spark_submit_command(task.application)
         benchmarked = spark_submit_command(settings, layer, arguments, f"{layer}-events-2019-10-01")
 
-        def options(command):
+        def options(command, layer=layer):
             """(option, value) pairs before the application, and the application with its arguments."""
             application = next(index for index, part in enumerate(command) if part.endswith(f"{layer}.py"))
             head = command[1:application]

@@ -148,8 +148,9 @@ def test_the_dag_on_serverless_compute_submits_environment_tasks_without_a_clust
     workspace, env = workspace
     env = {**env, "LAKEHOUSE_DATABRICKS_COMPUTE": "serverless"}
     before = len(workspace.submits())
-    done = subprocess.run(["airflow", "dags", "test", "lakehouse_daily", DAY, "--conf", json.dumps({"sources": ["orders"]})],
-                          env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        ["airflow", "dags", "test", "lakehouse_daily", DAY, "--conf", json.dumps({"sources": ["orders"]})],
+        env=env, capture_output=True, text=True, timeout=600)
     output = done.stdout + done.stderr
     assert re.findall(r"DagRun Finished: dag_id=lakehouse_daily, logical_date=" + DAY + r".*?state=(\w+)",
                       output) == ["success"], output[-5000:]

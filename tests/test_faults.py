@@ -644,8 +644,8 @@ def test_the_same_file_under_two_dates_gives_the_same_tables_in_either_order(spa
     """A sender delivers a real day's file again under the next date: whichever date is processed first, the
     earlier date keeps the rows and the later one quarantines its copies as duplicates, every line accounted for."""
     from include.config import Settings
-    from tests.conftest import TEST_SPARK_ENV
     from spark_jobs import tables as store
+    from tests.conftest import TEST_SPARK_ENV
 
     days = [date(2010, 12, 1), date(2010, 12, 2)]
     content = (sample_orders_dir / "2010-12-01.csv.gz").read_bytes()
@@ -828,7 +828,7 @@ def test_a_killed_job_is_made_whole_by_its_rerun(spark, tmp_path, sample_orders_
     for day in days:
         deliver(reference, "orders", day.isoformat(), f"{day}.csv.gz",
                 (sample_orders_dir / f"{day}.csv.gz").read_bytes())
-    for layer, run in runs.items():
+    for run in runs.values():
         run(spark, reference, ORDERS, days[0], "day 1")
     first_day = tmp_path / "after-day-1"
     shutil.copytree(reference.warehouse, first_day)
@@ -856,8 +856,10 @@ def test_a_killed_job_is_made_whole_by_its_rerun(spark, tmp_path, sample_orders_
         launched = time.monotonic()
         kill_at = launched + chance.uniform(0.2, 0.8) * took[killed]
 
-        def due() -> bool:
-            return bool(_commits(settings.warehouse) - before) if moment == "first-commit" else time.monotonic() >= kill_at
+        def due(settings=settings, before=before, kill_at=kill_at) -> bool:
+            if moment == "first-commit":
+                return bool(_commits(settings.warehouse) - before)
+            return time.monotonic() >= kill_at
 
         try:
             while not due() and job.poll() is None:

@@ -16,7 +16,6 @@ from include.sources import EVENTS, ORDERS
 from include.tools import generate_events
 from spark_jobs.bronze import run_bronze
 from spark_jobs.silver import run_silver
-
 from tests.helpers import deliver
 
 DAY = date(2019, 10, 1)

@@ -1,4 +1,4 @@
-"""The installed packages are the ones requirements.txt pins, and they fit together."""
+"""The installed packages are the ones requirements.txt and requirements-dev.txt pin, and they fit together."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ from packaging.version import Version
 
 from include.config import PROJECT_ROOT, delta_package
 
+REQUIREMENT_FILES = ("requirements.txt", "requirements-dev.txt")
+
 
 def pinned_requirements() -> list[Requirement]:
-    lines = (PROJECT_ROOT / "requirements.txt").read_text().splitlines()
+    lines = [line for name in REQUIREMENT_FILES for line in (PROJECT_ROOT / name).read_text().splitlines()]
     return [Requirement(line) for line in (line.split("#")[0].strip() for line in lines) if line]
 
 
@@ -21,7 +23,7 @@ def pinned_requirements() -> list[Requirement]:
 def test_installed_version_satisfies_requirements_txt(requirement):
     installed = metadata.version(requirement.name)
     assert requirement.specifier.contains(installed, prereleases=True), (
-        f"{requirement.name} {installed} is installed but requirements.txt asks for {requirement}; run `make setup`"
+        f"{requirement.name} {installed} is installed but the requirements ask for {requirement}; run `make setup`"
     )
 
 
@@ -40,10 +42,18 @@ def test_the_stack_is_the_one_the_project_is_built_for():
 
 def test_every_requirement_is_pinned_to_a_version_or_range():
     for requirement in pinned_requirements():
-        assert requirement.specifier, f"{requirement.name} has no version in requirements.txt"
+        assert requirement.specifier, f"{requirement.name} has no version in its requirements file"
 
 
 def test_delta_jar_coordinate_matches_the_installed_python_packages():
     coordinate = delta_package()
     assert re.fullmatch(r"io\.delta:delta-spark_4\.2_2\.13:4\.4\.\d+", coordinate), coordinate
     assert coordinate.endswith(metadata.version("delta-spark"))
+
+
+def test_runtime_and_development_requirements_are_apart():
+    runtime, development = ({Requirement(line).name.lower() for line in (
+        line.split("#")[0].strip() for line in (PROJECT_ROOT / name).read_text().splitlines()) if line}
+        for name in REQUIREMENT_FILES)
+    assert not runtime & development, f"pinned in both files: {sorted(runtime & development)}"
+    assert {"pytest", "ruff", "deptry"} <= development and not {"pytest", "ruff", "deptry"} & runtime

@@ -102,7 +102,7 @@ def test_the_dag_runs_every_layer_on_the_cluster_and_its_tables_equal_a_local_ru
         for run in (run_bronze, run_silver, run_gold):
             run(spark, local, EVENTS, date.fromisoformat(DAY), f"local-{DAY}")
         assert not (root / "unused").exists(), "a job wrote to a path although its tables have names"
-        for (layer, source), names in PUBLISHED_TABLES.items():
+        for (layer, _source), names in PUBLISHED_TABLES.items():
             for table in names:
                 assert spark.catalog.tableExists(f"{CATALOG}.{layer}.{table}"), f"{layer}.{table} has no name"
         assert spark.table(f"{CATALOG}.gold.funnel_daily").count() > 0, "no events rows"

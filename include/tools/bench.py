@@ -52,7 +52,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from importlib import metadata
 from pathlib import Path
 
@@ -511,7 +511,7 @@ def connect_server(root: Path):
 
 def _epoch(text: str) -> float:
     moment = datetime.fromisoformat(text)
-    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
 # --- the report ------------------------------------------------------------------------------------
@@ -522,7 +522,7 @@ def machine() -> dict:
     java = subprocess.run(["java", "-version"], capture_output=True, text=True)
     versions = {name: _version(name) for name in ("pyspark", "delta-spark", "apache-airflow", "great-expectations",
                                                   "duckdb", "deltalake")}
-    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cores": os.cpu_count(),
+    return {"date": datetime.now(UTC).isoformat(timespec="seconds"), "cores": os.cpu_count(),
             "memory_gib": round(psutil.virtual_memory().total / 2**30, 1), "platform": platform.platform(),
             "python": platform.python_version(), "java": (java.stderr or java.stdout).splitlines()[0], **versions}
 
@@ -674,8 +674,9 @@ def build_report(figures: dict) -> tuple[str, dict]:
         out.append(f"## Backfill of {backfill['delivered_dates']} real order days through a running Airflow\n")
         out.append("| dates | runs | wall s | s per run | s per delivered date |")
         out.append("|---|---|---|---|---|")
-        out.append(f"| {backfill['first']} to {backfill['last']} | {backfill['runs']} | {backfill['wall_seconds']:.0f} | "
-                   f"{backfill['seconds_per_run']:.1f} | {backfill['seconds_per_date']:.1f} |\n")
+        out.append(f"| {backfill['first']} to {backfill['last']} | {backfill['runs']} | "
+                   f"{backfill['wall_seconds']:.0f} | {backfill['seconds_per_run']:.1f} | "
+                   f"{backfill['seconds_per_date']:.1f} |\n")
         if backfill.get("refused"):
             out.append(f"Refused by their gates, as their data says: {', '.join(backfill['refused'])}.\n")
         checks[f"backfill at most {TARGET_BACKFILL_SECONDS:g} s per date"] = (

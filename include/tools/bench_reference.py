@@ -83,7 +83,7 @@ import shutil
 import time
 import zlib
 from contextlib import contextmanager
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -533,7 +533,7 @@ class Reference:
                 _check_header(path, source, name)
             for number, (path, name) in enumerate(zip(paths, relative)):
                 self._load_lines(self._readable(path, scratch, number), name)
-            ingested_at = datetime.now(timezone.utc).replace(tzinfo=None)
+            ingested_at = datetime.now(UTC).replace(tzinfo=None)
             self._write(self._bronze_rows(source, day, ingested_at), target)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
