@@ -34,7 +34,7 @@ def test_the_stack_is_the_one_the_project_is_built_for():
     assert version["pyspark"].release[:2] == (4, 2)
     assert version["pyspark-client"] == version["pyspark"], "the Spark provider's client must match pyspark"
     assert version["delta-spark"].release[:2] == (4, 4)
-    assert Version("1.24") <= version["great-expectations"] < Version("2"), "GX Core 1.x, not 0.18"
+    assert version["great-expectations"] == Version("1.24.1"), "GX Core 1.24.1, which the gate is built on"
     assert version["pandas"].major < 3, "PySpark 4.2 does not support pandas 3"
     for provider in ("apache-airflow-providers-databricks", "apache-airflow-providers-apache-spark"):
         assert metadata.version(provider)
