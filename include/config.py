@@ -309,7 +309,7 @@ class Settings:
             "spark.cleaner.periodicGC.interval": "1min",
             # Client sessions share the server's class loader (include/connect_server.py says why), so the
             # classes Spark generates for one task's queries serve the next task's. The cache holds those of
-            # every layer and source (a thousand and more; docs/benchmark.md), where Spark's default keeps 100.
+            # every layer and source (several hundred) and the few each date adds, where Spark's default keeps 100.
             "spark.sql.artifact.isolation.enabled": "false",
             "spark.sql.codegen.cache.maxEntries": "4000",
             "spark.driver.extraJavaOptions": " ".join(

@@ -25,14 +25,13 @@ def main() -> None:
     service = spark._jvm.org.apache.spark.sql.connect.service.SparkConnectService
     service.start(spark._jsc.sc())
     conf = spark.sparkContext.getConf()
-    print(f"Spark Connect server started at {conf.get('spark.connect.grpc.binding.address', '127.0.0.1')}:"
-          f"{conf.get('spark.connect.grpc.binding.port', '15002')}", flush=True)
+    print(f"Spark Connect server started at {conf.get('spark.connect.grpc.binding.address')}:"
+          f"{conf.get('spark.connect.grpc.binding.port')}", flush=True)
     stopped = threading.Event()
     # The server's process group is stopped with SIGTERM: the JVM stops Spark in its shutdown hooks.
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     signal.signal(signal.SIGINT, lambda *_: stopped.set())
-    while not stopped.wait(60):
-        pass
+    stopped.wait()
     sys.exit(0)
 
 

@@ -68,6 +68,35 @@ def test_a_second_start_reuses_the_running_server(server, capsys):
     assert "reusing it" in capsys.readouterr().out
 
 
+def _compilations(settings: Settings) -> int:
+    """How many classes the server's code generator has compiled since it started (its metrics servlet)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{settings.connect_ui_port}/metrics/json/", timeout=10) as response:
+        histograms = json.load(response)["histograms"]
+    (count,) = [value["count"] for name, value in histograms.items() if name.endswith("CodeGenerator.compilationTime")]
+    return count
+
+
+def test_a_new_session_reuses_the_classes_compiled_for_an_earlier_one(server):
+    """Each task is a new session: the code Spark generates for a query it has run before, in any session, is not
+    compiled again (include/connect_server.py). Other tests' queries on the same server may compile meanwhile,
+    so a few tries are allowed; a server whose sessions each have a class loader compiles every time."""
+    def run_query() -> int:
+        spark = connect_session(server, current=False)
+        try:
+            before = _compilations(server)
+            (spark.range(500).selectExpr("id % 7 AS lakehouse_key", "id * 3 AS lakehouse_value")
+             .groupBy("lakehouse_key").sum("lakehouse_value").collect())
+            return _compilations(server) - before
+        finally:
+            spark.stop()
+
+    first = run_query()
+    again = [run_query() for _ in range(4)]
+    assert 0 in again, f"compiled {first} classes in the first session, then {again} in each new session"
+
+
 def _kept_by(settings: Settings, session_id: str) -> set[int]:
     """The ids of the RDDs in the server's storage that the session's jobs computed: the frames it kept (its
     jobs carry the session's id in their tags; their stages name the RDDs they read and wrote)."""

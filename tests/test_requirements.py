@@ -14,8 +14,9 @@ from include.config import PROJECT_ROOT, delta_package
 REQUIREMENT_FILES = ("requirements.txt", "requirements-dev.txt")
 
 
-def pinned_requirements() -> list[Requirement]:
-    lines = [line for name in REQUIREMENT_FILES for line in (PROJECT_ROOT / name).read_text().splitlines()]
+def pinned_requirements(*names: str) -> list[Requirement]:
+    """The requirements of the files `names` (default: both)."""
+    lines = [line for name in names or REQUIREMENT_FILES for line in (PROJECT_ROOT / name).read_text().splitlines()]
     return [Requirement(line) for line in (line.split("#")[0].strip() for line in lines) if line]
 
 
@@ -52,8 +53,7 @@ def test_delta_jar_coordinate_matches_the_installed_python_packages():
 
 
 def test_runtime_and_development_requirements_are_apart():
-    runtime, development = ({Requirement(line).name.lower() for line in (
-        line.split("#")[0].strip() for line in (PROJECT_ROOT / name).read_text().splitlines()) if line}
-        for name in REQUIREMENT_FILES)
+    runtime, development = ({requirement.name.lower() for requirement in pinned_requirements(name)}
+                            for name in REQUIREMENT_FILES)
     assert not runtime & development, f"pinned in both files: {sorted(runtime & development)}"
     assert {"pytest", "ruff", "deptry"} <= development and not {"pytest", "ruff", "deptry"} & runtime
