@@ -193,13 +193,34 @@ def _sampled_rows_expectation():
     return UnexpectedRowsWithSample
 
 
-def _sampled_rows(spark, query: str) -> dict:
-    """What a SQL check's query finds: how many rows, and the first SAMPLE_ROWS of them."""
+def _sampled_rows(spark, query: str, count: int | None = None) -> dict:
+    """What a SQL check's query finds: how many rows (`count` when already known), and the first SAMPLE_ROWS."""
     found = spark.sql(query)
     rows = found.limit(SAMPLE_ROWS).collect()
-    return {"count": len(rows) if len(rows) < SAMPLE_ROWS else found.count(),
+    if count is None:
+        count = len(rows) if len(rows) < SAMPLE_ROWS else found.count()
+    return {"count": count,
             "rows": [{name: value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
                       for name, value in row.asDict().items()} for row in rows]}
+
+
+def _counted(spark, queries: list[str]) -> list[int]:
+    """How many rows each query finds, all of them counted by one query: a gate's SQL checks mostly find
+    nothing, and one statement is one round trip and one plan for the server where each check alone was two."""
+    branches = [f"SELECT {position} AS position, count(*) AS found FROM ({query}) AS check_{position}"
+                for position, query in enumerate(queries)]
+    found = dict(spark.sql(" UNION ALL ".join(branches)).collect())
+    return [found[position] for position in range(len(queries))]
+
+
+def _found(spark, query: str, counts: Future, position: int) -> dict:
+    """A SQL check's `_sampled_rows` from the counts of all the gate's checks: its sample is fetched only
+    where it found rows. Where the counting query failed, the check runs alone (an error is then its own)."""
+    try:
+        count = counts.result()[position]
+    except Exception:
+        return _sampled_rows(spark, query)
+    return {"count": 0, "rows": []} if count == 0 else _sampled_rows(spark, query, count)
 
 
 # The SQL checks of the suite being validated, run ahead of GX by `audit` (query -> future of its
@@ -212,11 +233,11 @@ def _sql_checks(suite) -> list[str]:
             if getattr(expectation, "unexpected_rows_query", None)]
 
 
-def _run_ahead(spark, checks: list[Check], suites: list, pool: ThreadPoolExecutor) -> list[dict[str, Future]]:
+def _run_ahead(spark, checks: list[Check], suites: list, pool: ThreadPoolExecutor) -> list[dict[str, Future] | None]:
     """Start every check's SQL checks in `pool`, each over its check's frame under a view of its own: a
-    small day's gate is mostly these queries, each a few Spark jobs whose planning and scheduling keep
-    one core of the driver busy, so they run side by side and beside GX's own metrics on the other.
-    Nothing runs ahead when two checks give one view name different frames (the views are shared)."""
+    small day's gate is mostly these queries, so they are counted together by one query (`_counted`) beside
+    GX's own metrics, and only a check that found rows fetches its sample. Nothing runs ahead when two checks
+    give one view name different frames (the views are shared); otherwise the views stay registered for GX."""
     from great_expectations.expectations.metrics.query_metric_provider import (
         QueryMetricProvider,
         UnsubstitutableQueryBraceError,
@@ -226,10 +247,10 @@ def _run_ahead(spark, checks: list[Check], suites: list, pool: ThreadPoolExecuto
     for check in checks:
         for name, frame in check.views.items():
             if views.setdefault(name, frame) is not frame:
-                return [{} for _ in checks]
+                return [None for _ in checks]
     for name, frame in views.items():
         frame.createOrReplaceTempView(name)
-    ahead = []
+    ahead, texts = [], []
     for position, (check, suite) in enumerate(zip(checks, suites)):
         queries = _sql_checks(suite)
         if queries:
@@ -238,10 +259,14 @@ def _run_ahead(spark, checks: list[Check], suites: list, pool: ThreadPoolExecuto
         ahead.append({})
         for query in queries:
             try:
-                text = QueryMetricProvider._format_query(query, batch=batch)
+                texts.append((position, query, QueryMetricProvider._format_query(query, batch=batch)))
             except UnsubstitutableQueryBraceError:  # left to GX, which reports it as the check's error
                 continue
-            ahead[-1][query] = pool.submit(_sampled_rows, spark, text)
+    if texts:
+        # Submitted first, so the pool's first thread counts while the others wait for it.
+        counts = pool.submit(_counted, spark, [text for _, _, text in texts])
+        for index, (position, query, text) in enumerate(texts):
+            ahead[position][query] = pool.submit(_found, spark, text, counts, index)
     return ahead
 
 
@@ -348,9 +373,10 @@ def audit(spark, settings, layer: str, source: str, ingestion_date: date, checks
                            pool)
         for check, checkpoint, queries in zip(checks, checkpoints, ahead):
             started = time.monotonic()
-            for view, frame in check.views.items():
-                frame.createOrReplaceTempView(view)
-            _ahead.update(queries)
+            if queries is None:  # the checks' views differ: each check's own, for its suite
+                for view, frame in check.views.items():
+                    frame.createOrReplaceTempView(view)
+            _ahead.update(queries or {})
             try:
                 key, validation = _run(checkpoint, check, RunIdentifier(run_name=run_name, run_time=run_time))
             finally:
@@ -461,9 +487,20 @@ def _describe(item) -> str:
     sample = result.get("partial_unexpected_list") or (result.get("details") or {}).get("unexpected_rows")
     if sample:
         parts.append(f"e.g. {_short(sample[:5])}")
-    if item.exception_info and item.exception_info.get("raised_exception"):
-        parts.append(f"error: {item.exception_info.get('exception_message')}")
+    for error in _errors(item.exception_info):
+        parts.append(f"error: {error}")
     return f"{text}: {'; '.join(parts) or 'failed'}"
+
+
+def _errors(info) -> list[str]:
+    """The messages of the errors an expectation met: GX keeps one error as `{raised_exception,
+    exception_message, ...}` and a metric's errors as such dicts keyed by the metric."""
+    if not isinstance(info, dict):
+        return []
+    if "raised_exception" in info:
+        message = str(info.get("exception_message") or "").splitlines()
+        return [message[0] if message else "(no message)"] if info["raised_exception"] else []
+    return [error for nested in info.values() for error in _errors(nested)]
 
 
 def _short(value: Any, limit: int = 300) -> str:

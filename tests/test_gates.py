@@ -222,23 +222,53 @@ def test_column_expectations_keep_a_sample_of_unexpected_values_only_where_they_
     assert "30 unexpected" in page
 
 
-def test_the_sql_checks_run_ahead_of_gx_side_by_side_and_once(spark, lakehouse, monkeypatch):
+def test_the_sql_checks_run_ahead_of_gx_counted_together_and_sampled_where_they_found_rows(spark, lakehouse,
+                                                                                            monkeypatch):
     import threading
 
     import expectations.gate as gate
 
     calls = []
-    real = gate._sampled_rows
-    def counted(session, query):
-        calls.append(threading.current_thread().name)
-        return real(session, query)
 
-    monkeypatch.setattr(gate, "_sampled_rows", counted)
+    def traced(name, real):
+        def call(*arguments):
+            calls.append((name, threading.current_thread().name))
+            return real(*arguments)
+        return call
+
+    for name in ("_counted", "_sampled_rows"):
+        monkeypatch.setattr(gate, name, traced(name, getattr(gate, name)))
     columns = "stock_code string, version int, valid_from date, valid_to date, is_current boolean"
     rows = spark.createDataFrame([("A1", 1, date(2010, 12, 1), None, True), ("A1", 2, date(2010, 12, 2), None, True)],
                                  columns).cache()
     with pytest.raises(GateFailed,
                        match=r"exactly one current row per stock_code: observed 1; e.g. .*current_rows.: 2"):
         gate.audit(spark, lakehouse, "silver", "orders", DAY, [gate.Check("dim_product", rows)])
-    assert len(calls) == 3, "each of the suite's three SQL checks ran once, the second pass reusing them"
-    assert all(name.startswith("gate-sql") for name in calls), calls
+    # The suite's three SQL checks counted by one query; the one that found a row fetched its sample; the
+    # second pass (GX's samples of column values) reused both.
+    assert sorted(name for name, _ in calls) == ["_counted", "_sampled_rows"], calls
+    assert all(thread.startswith("gate-sql") for _, thread in calls), calls
+
+
+def test_a_sql_check_that_cannot_run_fails_alone_and_the_others_keep_their_results(spark, lakehouse, monkeypatch,
+                                                                                   tmp_path):
+    """The SQL checks are counted by one query: where one check's query is broken, that query fails, and each
+    check then runs alone, so that the error is reported against the check that has it."""
+    import expectations.gate as gate
+
+    (tmp_path / "silver.dim_product.yml").write_text(
+        "suite: silver.dim_product\n"
+        "expectations:\n"
+        "  - unexpected_rows: {description: no version 0, query: 'SELECT stock_code FROM {batch} WHERE version = 0'}\n"
+        "  - unexpected_rows: {description: a column that is not there, query: 'SELECT nothing FROM {batch}'}\n"
+        "  - unexpected_rows: {description: no version 9, query: 'SELECT stock_code FROM {batch} WHERE version = 9'}\n")
+    monkeypatch.setattr(gate, "SUITES_DIR", tmp_path)
+    columns = "stock_code string, version int"
+    rows = spark.createDataFrame([("A1", 1), ("B2", 0)], columns).cache()
+    with pytest.raises(GateFailed) as failure:
+        gate.audit(spark, lakehouse, "silver", "orders", DAY, [gate.Check("dim_product", rows)])
+    text = str(failure.value)
+    assert "2 of 3 expectations failed" in text, text
+    assert re.search(r"no version 0: observed 1; e\.g\. \[\{'stock_code': 'B2'\}\]", text), text
+    assert re.search(r"a column that is not there: .*error: .*nothing", text), text
+    assert "no version 9" not in text, text
