@@ -29,11 +29,12 @@ RUN_DAYS ?= 3
 RUN_EVENTS_PER_DAY ?= 20000
 RUN_FIRST_DAY ?= 2010-12-01
 
-.PHONY: help setup lint run test test-slow test-faults bench browser dag-test airflow airflow-stop backfill airflow-db spark-connect \
+.PHONY: help setup lock lint run test test-slow test-faults bench browser dag-test airflow airflow-stop backfill airflow-db spark-connect \
 	spark-connect-stop spark-cluster spark-cluster-stop clean
 
 help:
-	@echo "make setup                   create .venv with the pinned requirements (idempotent)"
+	@echo "make setup                   create .venv with the locked requirements (idempotent)"
+	@echo "make lock                    resolve requirements.txt and requirements-dev.txt into requirements.lock again"
 	@echo "make run                     stage real orders and generated events, run lakehouse_daily, show the tables"
 	@echo "make test                    run the test suite (all but the tests marked slow)"
 	@echo "make lint                    ruff, and deptry: every imported package declared, every declared one used"
@@ -69,14 +70,24 @@ setup: $(SETUP_STAMP)
 # --compile-bytecode: every Airflow task, spark-submit driver and test process imports Airflow, PySpark
 # and Great Expectations; compiled once here, they are not recompiled from source at each start
 # (which is what happens where PYTHONDONTWRITEBYTECODE is set: importing GX took 8.6 s instead of 5.2).
-$(SETUP_STAMP): requirements.txt requirements-dev.txt
+# requirements.lock: every package both files resolve to, each at one version, for Python 3.11+ on any
+# platform (`make lock` writes it again after a change to either file; tests/test_requirements.py fails
+# while it is behind them).
+$(SETUP_STAMP): requirements.txt requirements-dev.txt requirements.lock
 	@bash include/check-prerequisites.sh "$(PYTHON)"
 	@started=$$(date +%s); \
 	if [ ! -x "$(BIN)/python" ]; then $(PYTHON) -m venv "$(VENV)"; fi && \
 	$(BIN)/python -m pip install --quiet --upgrade pip uv && \
-	$(BIN)/uv pip install --quiet --compile-bytecode --python "$(BIN)/python" -r requirements.txt -r requirements-dev.txt && \
-	echo "setup: installed requirements.txt and requirements-dev.txt into .venv in $$(( $$(date +%s) - started )) s"
+	$(BIN)/uv pip install --quiet --compile-bytecode --python "$(BIN)/python" -r requirements.lock && \
+	echo "setup: installed requirements.lock into .venv in $$(( $$(date +%s) - started )) s"
 	@touch "$@"
+
+# LOCK_OPTIONS=--upgrade moves every package to its newest release the pins allow; without it the packages
+# already in requirements.lock keep their versions where they still fit.
+lock: $(SETUP_STAMP)
+	@$(BIN)/uv pip compile --quiet --universal --python-version 3.11 $(LOCK_OPTIONS) \
+		requirements.txt requirements-dev.txt -o requirements.lock
+	@echo "lock: requirements.lock written; \`make setup\` installs it"
 
 # The metadata database, with the pools and connections of include/orchestration.py.
 airflow-db: setup

@@ -96,8 +96,10 @@ def test_the_image_is_the_pinned_airflow_with_java_and_the_project(compose):
     assert base[1] == pins()["apache-airflow"], "the base image's Airflow is not the version requirements.txt pins"
     assert compose["services"]["airflow-scheduler"]["image"].endswith(f":{pins()['apache-airflow']}")
     assert "openjdk-17-jre-headless" in text and "-r /opt/lakehouse/requirements.txt" in text
-    for source in re.findall(r"^COPY (?:--\S+ )*(\S+) ", text, re.M):
-        assert (PROJECT_ROOT / build["context"] / source).exists(), f"the Dockerfile copies a missing {source}"
+    assert "-c /opt/lakehouse/requirements.lock" in text, "the image installs the locked versions"
+    for sources in re.findall(r"^COPY (?:--\S+ )*(.+) \S+$", text, re.M):
+        for source in sources.split():
+            assert (PROJECT_ROOT / build["context"] / source).exists(), f"the Dockerfile copies a missing {source}"
     for package in ("dags", "plugins", "include", "spark_jobs", "expectations"):
         assert re.search(rf"^COPY .* {package} /opt/lakehouse/{package}$", text, re.M), package
     # Spark's master and worker come from the same image: the pinned pyspark, the same Java.

@@ -1,4 +1,5 @@
-"""The installed packages are the ones requirements.txt and requirements-dev.txt pin, and they fit together."""
+"""The installed packages are the ones requirements.lock holds, which resolves what requirements.txt and
+requirements-dev.txt pin, and they fit together."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from packaging.version import Version
 from include.config import PROJECT_ROOT, delta_package
 
 REQUIREMENT_FILES = ("requirements.txt", "requirements-dev.txt")
+LOCK_FILE = "requirements.lock"
 
 
 def pinned_requirements(*names: str) -> list[Requirement]:
@@ -57,3 +59,41 @@ def test_runtime_and_development_requirements_are_apart():
                             for name in REQUIREMENT_FILES)
     assert not runtime & development, f"pinned in both files: {sorted(runtime & development)}"
     assert {"pytest", "ruff", "deptry"} <= development and not {"pytest", "ruff", "deptry"} & runtime
+
+
+def locked() -> dict[str, list[Requirement]]:
+    """requirements.lock's pins by package name (a package can have one pin per platform or Python version)."""
+    pins: dict[str, list[Requirement]] = {}
+    for line in (PROJECT_ROOT / LOCK_FILE).read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            requirement = Requirement(line)
+            pins.setdefault(_name(requirement.name), []).append(requirement)
+    return pins
+
+
+def _name(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_the_lock_resolves_every_pin_of_the_requirement_files():
+    """`make lock` after a change to requirements.txt or requirements-dev.txt: until then this fails."""
+    pins = locked()
+    for requirement in pinned_requirements():
+        versions = [next(iter(pin.specifier)).version for pin in pins.get(_name(requirement.name), [])]
+        assert versions, f"{requirement.name} is not in {LOCK_FILE}: run `make lock`"
+        assert all(requirement.specifier.contains(version, prereleases=True) for version in versions), (
+            f"{LOCK_FILE} holds {requirement.name} {versions}, where the requirements ask for {requirement}: "
+            f"run `make lock`")
+
+
+def test_every_locked_package_is_installed_at_its_locked_version():
+    """`make setup` installs the lock: what this machine's Python needs of it is there, at its versions."""
+    for pins in locked().values():
+        wanted = [pin for pin in pins if pin.marker is None or pin.marker.evaluate()]
+        if not wanted:
+            continue  # another platform's or Python's
+        (pin,) = wanted
+        assert len(pin.specifier) == 1 and next(iter(pin.specifier)).operator == "==", pin
+        installed = metadata.version(pin.name)
+        assert pin.specifier.contains(installed, prereleases=True), (
+            f"{pin.name} {installed} is installed, {LOCK_FILE} holds {pin}: run `make setup`")
