@@ -1,43 +1,9 @@
 """The one place that decides where things are and how Spark runs.
 
 DAGs, Spark jobs, tools and tests ask `get_settings()`; nothing else hard-codes a path. Every value
-comes from the environment with a default that keeps everything inside the checkout:
-
-    LAKEHOUSE_LANDING              landing zone root          (./data/landing)
-    LAKEHOUSE_WAREHOUSE            Delta tables root          (./data/warehouse)
-    LAKEHOUSE_GX_ROOT              the GX project (its `gx/` folder: suites as last applied,
-                                   every validation result)   (the warehouse's parent: ./data)
-    LAKEHOUSE_DATA_DOCS            the Data Docs site         (<LAKEHOUSE_GX_ROOT>/data-docs)
-    LAKEHOUSE_GATES                validate each layer's output before publishing it (true);
-                                   false only for work on the transforms themselves
-    LAKEHOUSE_MAX_QUARANTINE_SHARE_<SOURCE>  the share of a date's bronze rows that may be quarantined
-                                   before silver refuses the date (orders 0.10, events 0.05)
-    AIRFLOW_HOME                   Airflow's home and SQLite  (./.airflow)
-    LAKEHOUSE_RUNTIME              connect | local | spark | databricks (connect)
-    LAKEHOUSE_CONNECT_PORT         the Spark Connect server's port on 127.0.0.1 (15002)
-    LAKEHOUSE_CONNECT_UI_PORT      its Spark UI, on 127.0.0.1 (4040)
-    LAKEHOUSE_CONNECT_MEMORY       its heap, shared by every date and layer it serves at once (8g)
-    LAKEHOUSE_CONNECT_HOME         its process id, log and scratch space (./.spark-connect)
-    LAKEHOUSE_CONNECT_CONN_ID      the Airflow connection whose password is its token
-                                   (spark_connect_default; `make airflow-db` creates it with a random one)
-    LAKEHOUSE_CONNECT_TOKEN        its token; when unset, the password of that Airflow connection
-    LAKEHOUSE_SPARK_MASTER         master for local runs      (local[*])
-    LAKEHOUSE_SPARK_DRIVER_MEMORY  driver heap                (2g)
-    LAKEHOUSE_SHUFFLE_PARTITIONS   spark.sql.shuffle.partitions (4: a small machine)
-    LAKEHOUSE_SPARK_UI             Spark UI on or off         (true)
-    LAKEHOUSE_SPARK_JAVA_OPTIONS   extra JVM options for the Spark driver ("")
-    LAKEHOUSE_QUICK_COMPILER_MB    a delivery of at most this many MB on disk has its layer jobs'
-                                   JVMs compile with the quick compiler only (16; 0: never)
-    LAKEHOUSE_SPARK_EXECUTOR_MEMORY  executor heap on a Spark cluster (1g)
-    LAKEHOUSE_SPARK_CORES_MAX      cores one layer job may take on a Spark cluster (unset: all)
-    LAKEHOUSE_CATALOG              address tables as `<catalog>.<layer>.<table>` (Unity Catalog on
-                                   Databricks) instead of paths under the warehouse (unset: paths)
-    LAKEHOUSE_START_DATE           first ingestion date of lakehouse_daily's schedule (2010-12-01,
-                                   the first real orders day)
-    LAKEHOUSE_CATCHUP              schedule a run for every missed date since the start (false)
-    LAKEHOUSE_MAX_ACTIVE_RUNS      dates lakehouse_daily works on at once (3)
-    LAKEHOUSE_TASK_RETRIES         retries of a layer job that failed for another reason than its
-                                   data (2; refused data, exit status 2, is never retried)
+comes from the environment with a default that keeps everything inside the checkout: every setting, its
+default and what it does is in docs/configuration.md, generated from include/tools/configuration.py
+(tests/test_configuration.py fails when that list and this module disagree).
 
 `make setup` keeps the Delta jars and a class data sharing archive of the Spark driver in the venv
 (`delta_jars`, `driver_archive`): jobs start with `--jars` and `-XX:SharedArchiveFile`.
