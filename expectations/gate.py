@@ -116,6 +116,10 @@ def load_suite(name: str):
         arguments = dict(arguments or {})
         if kind == "unexpected_rows":
             arguments["unexpected_rows_query"] = arguments.pop("query", None)
+            try:
+                _on_batch(arguments["unexpected_rows_query"] or "", "batch")
+            except SuiteError as error:
+                raise SuiteError(f"{path}: expectation {position}: {error}") from None
             expectations.append(_sampled_rows_expectation()(**arguments))
             continue
         class_name = "".join(part.capitalize() for part in kind.split("_"))
@@ -156,7 +160,7 @@ def _sampled_rows_expectation():
         @metric_value(engine=SparkDFExecutionEngine)
         def _spark(cls, execution_engine, metric_domain_kwargs, metric_value_kwargs, metrics,
                    runtime_configuration) -> dict:
-            query = cls._get_query_from_metric_value_kwargs(metric_value_kwargs)
+            query = metric_value_kwargs["unexpected_rows_query"]
             ahead = _ahead.get(query)
             if ahead is not None:
                 try:
@@ -165,7 +169,7 @@ def _sampled_rows_expectation():
                     pass
             batch, _, _ = execution_engine.get_compute_domain(metric_domain_kwargs, domain_type=MetricDomainTypes.TABLE)
             batch.createOrReplaceTempView("tmp_view")
-            return _sampled_rows(batch.sparkSession, cls._format_query(query, batch="tmp_view"))
+            return _sampled_rows(batch.sparkSession, _on_batch(query, "tmp_view"))
 
     class UnexpectedRowsWithSample(UnexpectedRowsExpectation):
         metric_dependencies = (UnexpectedRowsSample.metric_name,)
@@ -223,6 +227,16 @@ def _found(spark, query: str, counts: Future, position: int) -> dict:
     return {"count": 0, "rows": []} if count == 0 else _sampled_rows(spark, query, count)
 
 
+def _on_batch(query: str, view: str) -> str:
+    """A SQL check's query over the view `view` of the batch: its `{batch}` placeholder filled, as GX fills it
+    (`str.format`, so a brace the SQL needs is written twice)."""
+    try:
+        return query.format(batch=view)
+    except (KeyError, IndexError, ValueError) as error:
+        raise SuiteError(f"SQL check {query!r}: {error!r} is not a placeholder SQL checks accept ({{batch}}); "
+                         f"write a brace the SQL needs twice") from None
+
+
 # The SQL checks of the suite being validated, run ahead of GX by `audit` (query -> future of its
 # `_sampled_rows`), which the metric above waits for instead of running the query itself.
 _ahead: dict[str, Future] = {}
@@ -238,11 +252,6 @@ def _run_ahead(spark, checks: list[Check], suites: list, pool: ThreadPoolExecuto
     small day's gate is mostly these queries, so they are counted together by one query (`_counted`) beside
     GX's own metrics, and only a check that found rows fetches its sample. Nothing runs ahead when two checks
     give one view name different frames (the views are shared); otherwise the views stay registered for GX."""
-    from great_expectations.expectations.metrics.query_metric_provider import (
-        QueryMetricProvider,
-        UnsubstitutableQueryBraceError,
-    )
-
     views: dict[str, Any] = {}
     for check in checks:
         for name, frame in check.views.items():
@@ -259,8 +268,8 @@ def _run_ahead(spark, checks: list[Check], suites: list, pool: ThreadPoolExecuto
         ahead.append({})
         for query in queries:
             try:
-                texts.append((position, query, QueryMetricProvider._format_query(query, batch=batch)))
-            except UnsubstitutableQueryBraceError:  # left to GX, which reports it as the check's error
+                texts.append((position, query, _on_batch(query, batch)))
+            except SuiteError:  # left to the metric, where GX reports it as the check's error
                 continue
     if texts:
         # Submitted first, so the pool's first thread counts while the others wait for it.

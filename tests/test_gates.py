@@ -272,3 +272,15 @@ def test_a_sql_check_that_cannot_run_fails_alone_and_the_others_keep_their_resul
     assert re.search(r"no version 0: observed 1; e\.g\. \[\{'stock_code': 'B2'\}\]", text), text
     assert re.search(r"a column that is not there: .*error: .*nothing", text), text
     assert "no version 9" not in text, text
+
+
+def test_a_sql_check_with_a_placeholder_other_than_batch_is_a_broken_suite(monkeypatch, tmp_path):
+    import expectations.gate as gate
+
+    (tmp_path / "silver.dim_product.yml").write_text(
+        "suite: silver.dim_product\n"
+        "expectations:\n"
+        "  - unexpected_rows: {description: a typo, query: 'SELECT * FROM {bacth} WHERE version = 0'}\n")
+    monkeypatch.setattr(gate, "SUITES_DIR", tmp_path)
+    with pytest.raises(gate.SuiteError, match=r"silver\.dim_product\.yml: expectation 1: .*'bacth'.*\{batch\}"):
+        gate.load_suite("silver.dim_product")
