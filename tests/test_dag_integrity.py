@@ -130,24 +130,31 @@ def test_a_missing_delivery_or_an_unselected_source_skips_the_source(tmp_path, m
         module.find_delivery.function("orders", ds="2010-12-01", params={"sources": ["events"]})
 
 
-def test_refused_data_fails_without_retry_and_other_failures_are_retried(monkeypatch):
+def test_refused_data_fails_without_retry_and_other_failures_are_retried(monkeypatch, tmp_path):
     """Exit status 2 (a failed gate, an unreadable delivery) and 3 (a configuration error) are final; any other
-    failure may be retried."""
-    from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+    failure may be retried. The task runs the Spark provider's own hook, with a `spark-submit` on PATH that
+    exits with the status."""
+    import json
+    import os
+
     from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
     from include.orchestration import LayerJobOperator
 
-    job = LayerJobOperator(layer="silver", source="events")
+    fake = tmp_path / "spark-submit"
+    fake.write_text('#!/bin/sh\necho "the job\'s last words" >&2\nexit "$FAKE_SPARK_SUBMIT_STATUS"\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("AIRFLOW_CONN_SPARK_LOCAL", json.dumps({"conn_type": "spark", "host": "local[2]"}))
     for status, expected in ((2, AirflowFailException), (3, AirflowFailException), (1, AirflowException),
                              (137, AirflowException)):
-        def submit(self, context, status=status):
-            self._hook = type("Hook", (), {"_submit_sp": type("Process", (), {"returncode": status})()})()
-            raise AirflowException(f"Cannot execute: spark-submit ... Error code is: {status}.")
-        monkeypatch.setattr(SparkSubmitOperator, "execute", submit)
+        monkeypatch.setenv("FAKE_SPARK_SUBMIT_STATUS", str(status))
+        job = LayerJobOperator(layer="silver", source="events")
         with pytest.raises(AirflowException) as raised:
             job.execute({})
         assert type(raised.value) is expected, status
+        if status == 2:
+            assert "refused its input" in str(raised.value) and "not retried" in str(raised.value)
         if status == 3:
             assert "configuration error" in str(raised.value) and "not retried" in str(raised.value)
 
