@@ -23,12 +23,13 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str((Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()).parent))
 
-from expectations.gate import Check, GateFailed, audit
+from expectations.gate import GateFailed
 from include.config import INGESTED_FILES_TABLE, Settings
 from include.landing import EMPTY_MARKER, DeliveredFile, DeliveryError, inspect_file, list_delivery
 from include.sources import Source
 from spark_jobs import tables as store
 from spark_jobs.common import LayerJob, observed, replace_partition
+from spark_jobs.publish import Output, publish
 from spark_jobs.transforms.bronze import without_carriage_return
 
 log = logging.getLogger("lakehouse.bronze")
@@ -82,31 +83,31 @@ def run_bronze(spark, settings: Settings, source: Source, ingestion_date: date, 
     bronze = add_ingestion_metadata(parse_lines(lines, source), source, ingestion_date, ingested_at, run_id)
     manifest = _manifest(spark, source, ingestion_date, delivered, ingested_at, run_id)
 
-    # Audit, then publish: the date's rows are staged in memory and validated (one row per delivered
-    # data line, every file's header the source's layout); only then are bronze and the manifest written.
-    staged = bronze
-    if settings.gates:  # parsed once, by the gate's first query: the gate reads the rows from memory, the write too
-        staged = store.cache(bronze)
-    validating = time.monotonic()
-    audit(spark, settings, "bronze", source.name, ingestion_date, [
-        Check(source.name, staged, parameters={"delivered_lines": expected_rows}),
-        Check("ingested_files", manifest, parameters={"delivered_files": len(delivered), "layout": [source.header]}),
-    ])
-    audited = time.monotonic()
-    validation_seconds = audited - validating
-    observation = Observation(f"bronze_{source.name}")
-    counts = (F.count(F.lit(1)).alias("rows"), F.count_if(F.col("_is_malformed")).alias("malformed"))
-    bronze = staged.observe(observation, *counts)
+    # Audit, then publish: the date's rows (one per delivered data line, every file's header the source's
+    # layout) and its manifest are validated; only then are bronze and the manifest written.
     table = settings.table_location("bronze", source.name)
-    replace_partition(bronze, table, f"_ingestion_date = '{ingestion_date.isoformat()}'", ["_ingestion_date"],
-                      BRONZE_TABLE_PROPERTIES)
-    metrics = observed(observation, staged, *counts)
-    store.release(staged)
-    written = time.monotonic()
-    _warn_about_repeated_files(spark, settings, source, ingestion_date, delivered)
-    replace_partition(manifest, settings.table_location(*INGESTED_FILES_TABLE),
-                      f"source = '{source.name}' AND ingestion_date = '{ingestion_date.isoformat()}'", ["source"],
-                      merge_schema=True)
+    counts = (F.count(F.lit(1)).alias("rows"), F.count_if(F.col("_is_malformed")).alias("malformed"))
+    metrics = {}
+
+    def write_bronze(rows) -> None:
+        observation = Observation(f"bronze_{source.name}")
+        replace_partition(rows.observe(observation, *counts), table,
+                          f"_ingestion_date = '{ingestion_date.isoformat()}'", ["_ingestion_date"],
+                          BRONZE_TABLE_PROPERTIES)
+        metrics.update(observed(observation, rows, *counts))
+
+    def write_manifest(rows) -> None:
+        _warn_about_repeated_files(spark, settings, source, ingestion_date, delivered)
+        replace_partition(rows, settings.table_location(*INGESTED_FILES_TABLE),
+                          f"source = '{source.name}' AND ingestion_date = '{ingestion_date.isoformat()}'", ["source"],
+                          merge_schema=True)
+
+    published = publish(spark, settings, "bronze", source.name, ingestion_date, [
+        Output(bronze, write_bronze, source.name, parameters={"delivered_lines": expected_rows}),
+        # A few rows made on the driver: not worth keeping. Written once bronze holds the date's rows.
+        Output(manifest, write_manifest, "ingested_files", keep=False, round=1,
+               parameters={"delivered_files": len(delivered), "layout": [source.header]}),
+    ])
     result = BronzeResult(
         source=source.name,
         ingestion_date=ingestion_date,
@@ -115,16 +116,15 @@ def run_bronze(spark, settings: Settings, source: Source, ingestion_date: date, 
         malformed_rows=metrics["malformed"],
         seconds=time.monotonic() - started,
         table=table,
-        validation_seconds=validation_seconds,
+        validation_seconds=published.validation_seconds,
     )
     log.info(
         "bronze %s %s: %s rows (%s malformed) from %d file(s) in %.1f s -> %s",
         result.source, result.ingestion_date, f"{result.rows:,}", f"{result.malformed_rows:,}",
         result.files, result.seconds, result.table,
     )
-    log.info("bronze %s %s: %.1f s checking files, %.1f s parsing and validating (%.1f s the gate), %.1f s "
-             "writing, %.1f s recording the files", result.source, result.ingestion_date, inspected - started,
-             audited - inspected, validation_seconds, written - audited, time.monotonic() - written)
+    log.info("bronze %s %s: %.1f s checking files, %.1f s the gate, %.1f s writing", result.source,
+             result.ingestion_date, inspected - started, published.validation_seconds, published.write_seconds)
     return result
 
 

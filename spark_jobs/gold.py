@@ -23,7 +23,6 @@ first time, and when the change feed no longer covers the versions a mart has no
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
 import sys
 import time
@@ -36,11 +35,12 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str((Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()).parent))
 
-from expectations.gate import Check, GateFailed, audit
+from expectations.gate import GateFailed
 from include.config import ConfigurationError, Settings
 from include.sources import Source
 from spark_jobs import tables as store
 from spark_jobs.common import LayerJob, replace_partition
+from spark_jobs.publish import Output, publish
 
 log = logging.getLogger("lakehouse.gold")
 
@@ -127,7 +127,7 @@ def run_gold(spark, settings: Settings, source: Source, ingestion_date: date, ru
 
     # Stage every mart's new rows (cached), and the rollup rows they are built from, audit the marts together,
     # then write: a refused run publishes nothing, its rollups included.
-    staged, seconds, counts, cached, rollup_writes = [], {}, {}, [], []
+    staged, seconds, counts, cached, rollup_writes = [], {}, {}, [], []  # rollups: Outputs with no suite
     for mart in marts:
         started = time.monotonic()
         path = settings.table_location("gold", mart.table)
@@ -137,8 +137,8 @@ def run_gold(spark, settings: Settings, source: Source, ingestion_date: date, ru
                 inputs = store.cache(mart.rollup.compute(silver))
                 cached.append(inputs)
                 rollup_path, column = settings.table_location("gold", mart.rollup.table), mart.rollup.date_column
-                rollup_writes.append(lambda rows=inputs, rollup_path=rollup_path, column=column:
-                                     _overwrite(rows, rollup_path, [column]))
+                rollup_writes.append(Output(inputs, lambda rows, rollup_path=rollup_path, column=column:
+                                            _overwrite(rows, rollup_path, [column]), round=1))
             staged.append(_whole(mart, inputs, path))
         elif plans[mart.table] == "incremental":
             touched = store.cache(_touched_keys(changes, mart, seen[mart.table]))
@@ -147,41 +147,37 @@ def run_gold(spark, settings: Settings, source: Source, ingestion_date: date, ru
             if counts[mart.table]:
                 inputs = silver
                 if mart.rollup is not None:
-                    inputs, write_rollup, frames = _refresh_rollup(spark, settings, mart.rollup, silver, changes,
+                    inputs, rollup_write, frames = _refresh_rollup(spark, settings, mart.rollup, silver, changes,
                                                                    seen[mart.table])
                     cached.extend(frames)
-                    rollup_writes.append(write_rollup)
+                    rollup_writes.append(rollup_write)
                 if _rebuilds(spark, path, mart, counts[mart.table]):
                     plans[mart.table] = "rebuilt"
                     staged.append(_whole(mart, inputs, path))
                 else:
                     staged.append((mart, *_stage_keys(spark, path, mart, inputs, touched, counts[mart.table])))
-        if settings.gates and staged and staged[-1][0] is mart:
-            # Computed once, by the gate's first query: the gate reads it from memory, the write too.
-            frame = store.cache(staged[-1][1])
-            cached.append(frame)
-            staged[-1] = (mart, frame, staged[-1][2])
         seconds[mart.table] = time.monotonic() - started
-    validating = time.monotonic()
-    outcomes = audit(spark, settings, "gold", source.name, ingestion_date,
-                     [Check(mart.table, frame, views={f"gate_silver_{source.name}": silver})
-                      for mart, frame, _ in staged])
-    gate_seconds = time.monotonic() - validating
-    validation = {outcome.suite.split(".", 1)[1]: outcome.seconds for outcome in outcomes}
-    overhead = (gate_seconds - sum(validation.values())) / max(len(validation), 1)
+
+    def timed(mart, write):
+        def run(frame) -> None:
+            started = time.monotonic()
+            write(frame)
+            seconds[mart.table] += time.monotonic() - started
+        return run
+
+    # The marts (each a table of its own) side by side, then their rollups: a mart staged over a rollup reads the
+    # stored rollup, so writing the rollup first would make the server drop the mart's kept rows and compute
+    # them again for its own write. A refused run publishes nothing, its rollups included.
+    published = publish(spark, settings, "gold", source.name, ingestion_date, [
+        *(Output(frame, timed(mart, write), mart.table, views={f"gate_silver_{source.name}": silver})
+          for mart, frame, write in staged),
+        *rollup_writes,
+    ], release=[*reversed(cached), *([changes] if changes is not None else [])])
+    validation = {outcome.suite.split(".", 1)[1]: outcome.seconds for outcome in published.outcomes}
+    overhead = (published.validation_seconds - sum(validation.values())) / max(len(validation), 1)
     for table in validation:
         validation[table] += overhead
         seconds[table] += validation[table]
-    def timed(mart, frame, write) -> None:
-        started = time.monotonic()
-        write(frame)
-        seconds[mart.table] += time.monotonic() - started
-
-    # The marts (each a table of its own) side by side, then their rollups: a mart staged over a rollup reads the
-    # stored rollup, so writing the rollup first would make the server drop the mart's cached rows and compute
-    # them again for its own write.
-    store.side_by_side(spark, *(functools.partial(timed, *item) for item in staged))
-    store.side_by_side(spark, *rollup_writes)
     results = []
     for mart in marts:
         keys = counts.get(mart.table) if plans[mart.table] in ("incremental", "rebuilt") else None
@@ -190,8 +186,6 @@ def run_gold(spark, settings: Settings, source: Source, ingestion_date: date, ru
         done = "touched" if plans[mart.table] == "rebuilt" else "recomputed"
         log.info("gold %s %s: %s refresh to silver version %s%s in %.1f s", source.name, mart.table,
                  plans[mart.table], version, "" if keys is None else f", {keys:,} keys {done}", results[-1].seconds)
-    # Dependents first: uncaching a frame that cached frames are built on makes Spark plan those again.
-    store.release(*reversed(cached), *([changes] if changes is not None else []))
     _record_progress(spark, settings, source, ingestion_date, run_id, results, silver_id)
     return results
 
@@ -234,8 +228,8 @@ def _overwrite(frame, path: str, partition_by: list[str] = ()) -> None:
 
 def _refresh_rollup(spark, settings: Settings, rollup, silver, changes, last_version: int):
     """The rollup as it will stand once the rows of every date with silver rows changed since `last_version`
-    are recomputed from silver as it stands (a date left without silver rows loses its rollup rows); the write
-    that replaces those dates in one commit, for after the gate; and the frames cached for both (to release)."""
+    are recomputed from silver as it stands (a date left without silver rows loses its rollup rows); the output
+    that replaces those dates in one commit, after the gate; and the frames cached for both (to release)."""
     from pyspark.sql import functions as F
 
     path = settings.table_location("gold", rollup.table)
@@ -245,16 +239,16 @@ def _refresh_rollup(spark, settings: Settings, rollup, silver, changes, last_ver
     present = sorted(day for day in dates if day is not None)
     stored = store.read(spark, path)
     if not present:
-        return stored, lambda: None, []
+        return stored, Output(None, lambda rows: None, round=1), []
     rows = store.cache(rollup.compute(silver.where(F.col(column).isin(present))))
     listed = ", ".join(f"DATE'{day.isoformat()}'" for day in present)
     staged = store.cache(stored.where(~F.col(column).isin(present)).unionByName(rows))
 
-    def write() -> None:
+    def write(rows) -> None:
         replace_partition(rows, path, f"`{column}` IN ({listed})", [column])
         log.info("gold %s: rollup rows of %s %s date(s) recomputed", rollup.table, len(present), column)
 
-    return staged, write, [rows, staged]
+    return staged, Output(rows, write, round=1), [rows, staged]
 
 
 def _progress(spark, settings: Settings) -> tuple[dict[str, int], dict[str, str | None]]:

@@ -25,11 +25,12 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str((Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()).parent))
 
-from expectations.gate import Check, GateFailed, audit
+from expectations.gate import GateFailed
 from include.config import ConfigurationError, Settings
 from include.sources import Source
 from spark_jobs import tables as store
 from spark_jobs.common import LayerJob, observed, replace_partition
+from spark_jobs.publish import Output, publish
 from spark_jobs.transforms.dimensions import DIMENSIONS
 
 log = logging.getLogger("lakehouse.silver")
@@ -124,9 +125,11 @@ def run_silver(spark, settings: Settings, source: Source, ingestion_date: date, 
     kept, rejected = split_duplicates(source, rows, suspects, run_id,
                                       broadcast=suspects.count() <= BROADCAST_FINGERPRINTS)
 
-    # 4. Audit, then publish: the dates' silver and quarantine rows (and, for orders, the dimensions'
-    # history rebuilt from all silver orders as they will stand) are staged in memory and validated;
-    # only if every suite passes are they written, so a refused date leaves every table as it was.
+    # 4. Audit, then publish: the dates' silver and quarantine rows (and, for orders, the dimensions' history
+    # rebuilt from all silver orders as they will stand) are validated, the fingerprint index with them; only if
+    # every suite passes are they written, so a refused date leaves every table as it was. The job keeps the
+    # frames it validates itself: the suites of each read the others (staged views), and the dimensions are
+    # built on the kept silver rows.
     if settings.gates:
         # Computed once, by the gate's first query of each: the gate reads them from memory, the writes too.
         kept, rejected = store.cache(kept), store.cache(rejected)
@@ -144,48 +147,54 @@ def run_silver(spark, settings: Settings, source: Source, ingestion_date: date, 
         if settings.gates:
             dimensions = [(dimension, store.cache(frame)) for dimension, frame in dimensions]
         staged.update({f"staged_{dimension.table}": frame for dimension, frame in dimensions})
-    validating = time.monotonic()
-    audit(spark, settings, "silver", source.name, ingestion_date, [
-        Check(source.name, kept, views=staged),
-        Check("quarantine", rejected, parameters={"source": [source.name]}, views=staged),
-        *(Check(dimension.table, frame, views=staged) for dimension, frame in dimensions),
-    ])
-    validation_seconds = time.monotonic() - validating
     on_dates = f"_ingestion_date IN ({', '.join(repr(current.isoformat()) for current in dates)})"
     # The counts come from the writes themselves: no extra pass over the rows.
-    kept_counts, rejected_counts = Observation(), Observation()
     today = F.count_if(F.col("_ingestion_date") == F.lit(ingestion_date)).alias("rows")
     duplicates = F.count_if((F.col("_ingestion_date") == F.lit(ingestion_date)) & (F.col("rule") == "duplicate")
                             ).alias("duplicates")
-    silver_path = settings.table_location("silver", source.name)
-    quarantine_path = settings.table_location("silver", "quarantine")
+    figures = {}
+
+    def write_silver(rows) -> None:
+        # The change feed tells the gold job which rows each run inserted and removed.
+        counts = Observation()
+        replace_partition(rows.observe(counts, today), settings.table_location("silver", source.name), on_dates,
+                          ["_ingestion_date"], {"delta.enableChangeDataFeed": "true"})
+        figures.update(observed(counts, rows, today))
+
+    def write_quarantine(rows) -> None:
+        counts = Observation()
+        replace_partition(rows.observe(counts, today, duplicates), settings.table_location("silver", "quarantine"),
+                          f"source = '{source.name}' AND {on_dates}", ["source", "_ingestion_date"])
+        quarantine = observed(counts, rows, today, duplicates)
+        figures.update(quarantined=quarantine["rows"], duplicates=quarantine["duplicates"])
+
+    def write_index(entries) -> None:
+        # The later dates' entries are written again too: their silver rows now come from bronze as it stands.
+        replace_partition(entries, index_path, f"source = '{source.name}' AND {on_dates}",
+                          ["source", "_ingestion_date"])
+
+    def overwrite(table: str):
+        return lambda rows: store.save(spark, rows.write.format("delta").mode("overwrite"),
+                                       settings.table_location("silver", table))
+
     # Three rounds, each of tables none of its writes reads. The dimensions first: they are built from silver
     # orders, so writing those first would make the server drop their cached rows and build them again for
     # their own writes. The index last: the silver and quarantine rows are decided from it.
-    store.side_by_side(spark, *(
-        lambda frame=frame, table=dimension.table: store.save(
-            spark, frame.write.format("delta").mode("overwrite"), settings.table_location("silver", table))
-        for dimension, frame in dimensions))
-    store.side_by_side(
-        spark,
-        # The change feed tells the gold job which rows each run inserted and removed.
-        lambda: replace_partition(kept.observe(kept_counts, today), silver_path, on_dates, ["_ingestion_date"],
-                                  {"delta.enableChangeDataFeed": "true"}),
-        lambda: replace_partition(rejected.observe(rejected_counts, today, duplicates), quarantine_path,
-                                  f"source = '{source.name}' AND {on_dates}", ["source", "_ingestion_date"]))
-    # The later dates' entries are written again too: their silver rows now come from bronze as it stands.
-    replace_partition(decided, index_path, f"source = '{source.name}' AND {on_dates}", ["source", "_ingestion_date"])
-    silver_rows = observed(kept_counts, kept, today)["rows"]
-    rejected_figures = observed(rejected_counts, rejected, today, duplicates)
-    quarantined, duplicated = rejected_figures["rows"], rejected_figures["duplicates"]
-    # Dependents first: uncaching a frame that cached frames are built on makes Spark plan those again.
-    store.release(*(frame for _, frame in reversed(dimensions)), rejected, kept, suspects,
-                  *([later_rows] if later else []), entries, day)
+    published = publish(spark, settings, "silver", source.name, ingestion_date, [
+        Output(kept, write_silver, source.name, views=staged, keep=False, round=1),
+        Output(rejected, write_quarantine, "quarantine", parameters={"source": [source.name]}, views=staged,
+               keep=False, round=1),
+        *(Output(frame, overwrite(dimension.table), dimension.table, views=staged, keep=False)
+          for dimension, frame in dimensions),
+        Output(decided, write_index, round=2),
+    ], release=[*(frame for _, frame in reversed(dimensions)), rejected, kept, suspects,
+                *([later_rows] if later else []), entries, day])
+    silver_rows, quarantined, duplicated = figures["rows"], figures["quarantined"], figures["duplicates"]
     result = SilverResult(source.name, dates, silver_rows, quarantined, time.monotonic() - started,
-                          validation_seconds, duplicated)
+                          published.validation_seconds, duplicated)
     log.info("silver %s %s: %s rows kept, %s quarantined (%s of them duplicates) in %.1f s (%.1f s the gate)%s",
              source.name, ingestion_date, f"{silver_rows:,}", f"{quarantined:,}", f"{duplicated:,}", result.seconds,
-             validation_seconds,
+             published.validation_seconds,
              f"; later dates decided again: {', '.join(map(str, later))}" if later else "")
     return result
 
