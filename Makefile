@@ -131,8 +131,12 @@ run: airflow-db
 	@python -m include.tools.stage_orders --from $(RUN_FIRST_DAY) --days $(RUN_DAYS)
 	@python -m include.tools.generate_events --from $(RUN_FIRST_DAY) --days $(RUN_DAYS) \
 		--events-per-day $(RUN_EVENTS_PER_DAY) --defect-rate 0.01
-	@python -m include.tools.run_dates \
-		$$(python -m include.tools.stage_orders --from $(RUN_FIRST_DAY) --days $(RUN_DAYS) --list)
+	@for date in $$(python -m include.tools.stage_orders --from $(RUN_FIRST_DAY) --days $(RUN_DAYS) --list); do \
+		echo "== lakehouse_daily $$date"; \
+		airflow dags test lakehouse_daily $$date > "$(AIRFLOW_HOME)/dags-test-$$date.log" 2>&1 \
+			|| { tail -n 60 "$(AIRFLOW_HOME)/dags-test-$$date.log"; echo "the run for $$date failed; full log: $(AIRFLOW_HOME)/dags-test-$$date.log"; exit 1; }; \
+		grep -hoE "(bronze [a-z]+ [0-9-]+: [0-9,]+ rows .* -> [^ ]+|silver [a-z]+ [0-9-]+: [0-9,]+ rows kept, [0-9,]+ quarantined|gold [a-z]+ [a-z_]+: [a-z]+ refresh to silver version [0-9]+(, [0-9,]+ keys recomputed)?|no [a-z]+ delivery for [^']+)" "$(AIRFLOW_HOME)/dags-test-$$date.log" | sort -u; \
+	done
 	@python -m include.tools.show_tables
 
 dag-test: airflow-db
