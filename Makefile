@@ -29,12 +29,13 @@ RUN_DAYS ?= 3
 RUN_EVENTS_PER_DAY ?= 20000
 RUN_FIRST_DAY ?= 2010-12-01
 
-.PHONY: help setup lock lint run test test-slow test-faults bench browser dag-test airflow airflow-stop backfill airflow-db spark-connect \
+.PHONY: help setup lock jvm-archive lint run test test-slow test-faults bench browser dag-test airflow airflow-stop backfill airflow-db spark-connect \
 	spark-connect-stop spark-cluster spark-cluster-stop clean
 
 help:
 	@echo "make setup                   create .venv with the locked requirements (idempotent)"
 	@echo "make lock                    resolve requirements.txt and requirements-dev.txt into requirements.lock again"
+	@echo "make jvm-archive             the Spark driver's class archive spark-submit jobs start with (tests, bench and the local and spark runtimes make it)"
 	@echo "make run                     stage real orders and generated events, run lakehouse_daily, show the tables"
 	@echo "make test                    run the test suite (all but the tests marked slow)"
 	@echo "make lint                    ruff, and deptry: every imported package declared, every declared one used"
@@ -59,13 +60,19 @@ setup: $(SETUP_STAMP)
 	@# The Delta jars in the venv: layer jobs start with --jars instead of resolving --packages each time.
 	@$(BIN)/python -m include.tools.delta_jars > /dev/null \
 		|| echo "setup: could not resolve the Delta jars; layer jobs will resolve the Delta package at each start"
-	@# The Spark driver's class data sharing archive: every layer job's JVM starts with Spark's classes loaded
-	@# (about 75 s, once; include/tools/jvm_archive.py).
-	@$(BIN)/python -m include.tools.jvm_archive > /dev/null \
-		|| echo "setup: could not build the Spark driver's class archive; layer jobs will start without it"
 	@# Data Docs' scripts and styles, so the site works opened from disk without internet access.
 	@$(BIN)/python -m include.tools.data_docs_assets > /dev/null \
 		|| echo "setup: could not fetch the Data Docs assets from the npm registry; the pages will load them from CDNs"
+
+# The Spark driver's class data sharing archive (include/tools/jvm_archive.py): every spark-submit layer job's
+# JVM starts with Spark's classes loaded. About a minute, once, and only for what starts a JVM per job: the
+# `local` and `spark` runtimes, the tests and the benchmark. The Spark Connect runtime starts one JVM and does
+# without, so `make run` on it does not wait for the archive.
+jvm-archive: setup
+	@$(BIN)/python -m include.tools.jvm_archive > /dev/null \
+		|| echo "setup: could not build the Spark driver's class archive; layer jobs will start without it"
+# What a target that may start layer jobs needs besides setup, for the runtime LAKEHOUSE_RUNTIME chooses.
+RUNTIME_NEEDS := $(if $(filter-out connect,$(or $(LAKEHOUSE_RUNTIME),connect)),jvm-archive)
 
 # --compile-bytecode: every Airflow task, spark-submit driver and test process imports Airflow, PySpark
 # and Great Expectations; compiled once here, they are not recompiled from source at each start
@@ -90,12 +97,12 @@ lock: $(SETUP_STAMP)
 	@echo "lock: requirements.lock written; \`make setup\` installs it"
 
 # The metadata database, with the pools and connections of include/orchestration.py.
-airflow-db: setup
+airflow-db: setup $(RUNTIME_NEEDS)
 	@mkdir -p "$(AIRFLOW_HOME)"
 	@airflow db migrate > "$(AIRFLOW_HOME)/db-migrate.log" 2>&1 || { cat "$(AIRFLOW_HOME)/db-migrate.log"; exit 1; }
 	@python -m include.orchestration
 
-airflow: setup
+airflow: setup $(RUNTIME_NEEDS)
 	@python -m include.tools.airflow_stack start
 
 # The Spark Connect server (include/tools/spark_connect.py): 127.0.0.1:15002, its token from the Airflow connection
@@ -155,25 +162,25 @@ lint: setup
 	ruff check .
 	deptry . --no-ansi
 
-test: setup browser
+test: setup jvm-archive browser
 	python -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=12 -m "not slow"
 
 # Acceptance runs too long for every change: a backfill of five real days through a running Airflow, ten real days through silver and gold in reverse order and with
 # reruns, generated event days through gold in and out of order, the history bench on three small days.
-test-slow: setup browser
+test-slow: setup jvm-archive browser
 	python -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=12 -m slow
 
 # The fault suite (tests/test_faults.py): broken configuration, empty and odd deliveries, a moved warehouse,
 # jobs and the Spark Connect server killed, two writers at once, dates out of order with the gates on, a full
 # disk; `make test` runs its fast cases.
-test-faults: setup
+test-faults: setup jvm-archive
 	python -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=12 -m faults
 
 # The benchmark (include/tools/bench.py): about an hour on 2 cores with the defaults; BENCH_ARGS="--help"
 # lists its options, e.g.
 # BENCH_ARGS="--events-per-day 200000 --skip growth".
 BENCH_ARGS ?=
-bench: setup
+bench: setup jvm-archive
 	python -m include.tools.bench $(BENCH_ARGS)
 
 # Debian's chromium and chromedriver for the browser test, when missing and installable.

@@ -5,7 +5,8 @@ comes from the environment with a default that keeps everything inside the check
 default and what it does is in docs/configuration.md, generated from include/tools/configuration.py
 (tests/test_configuration.py fails when that list and this module disagree).
 
-`make setup` keeps the Delta jars and a class data sharing archive of the Spark driver in the venv
+`make setup` keeps the Delta jars in the venv, and `make jvm-archive` (for the runtimes that start a JVM per job,
+the tests and the benchmark) a class data sharing archive of the Spark driver
 (`delta_jars`, `driver_archive`): jobs start with `--jars` and `-XX:SharedArchiveFile`.
 
 Short-lived JVMs on small deliveries spend much of their CPU compiling Java bytecode: the quick
@@ -284,7 +285,7 @@ class Settings:
         }
 
     def driver_java_options(self, quick: bool = False) -> list[str]:
-        """The driver JVM's options: the project's log settings, the class archive `make setup` keeps
+        """The driver JVM's options: the project's log settings, the class archive `make jvm-archive` keeps
         (a driver that cannot use it starts without it), then `jvm_options`."""
         options = [f"-Dlog4j.configurationFile=file:{LOG4J_CONFIG}"]
         archive = driver_archive()
@@ -378,12 +379,12 @@ def delta_jars_dir() -> Path:
 
 
 def driver_archive_path() -> Path:
-    """Where `make setup` keeps the Spark driver's class data sharing archive (include/tools/jvm_archive.py)."""
+    """Where `make jvm-archive` keeps the Spark driver's class data sharing archive (include/tools/jvm_archive.py)."""
     return Path(sys.prefix) / "share" / "lakehouse-jars" / f"spark-driver-{metadata.version('pyspark')}.jsa"
 
 
 def driver_archive() -> Path | None:
-    """The driver's class archive when `make setup` made one here, else None."""
+    """The driver's class archive when `make jvm-archive` made one here, else None."""
     path = driver_archive_path()
     return path if path.is_file() else None
 

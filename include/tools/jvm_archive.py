@@ -1,7 +1,7 @@
 """A class data sharing archive of the Spark driver, so that every layer job's JVM starts with Spark's
 classes already parsed and verified.
 
-    python -m include.tools.jvm_archive     # `make setup` runs it; idempotent
+    python -m include.tools.jvm_archive     # `make jvm-archive` runs it; idempotent
 
 Every layer job is a new JVM that loads some twenty thousand classes of Spark, Delta and their
 libraries before it does any work; on two cores that is most of a small job's start-up. Java's class
