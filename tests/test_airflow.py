@@ -110,7 +110,7 @@ def test_a_backfill_with_concurrent_runs_gives_the_tables_of_a_sequential_run(ai
     days = REAL_DAYS[:count]
     calendar = [days[0] + timedelta(days=offset) for offset in range((days[-1] - days[0]).days + 1)]
     started = time.monotonic()
-    # `make backfill`'s code: unpause, then `airflow backfill create`.
+    # `make backfill`'s code: `airflow backfill create`, then unpause.
     airflow_stack.backfill(stack, days[0].isoformat(), days[-1].isoformat(), max_active_runs=3, env=env)
     listed = [run for run in stack.api("GET", "/dags/lakehouse_daily/dagRuns?run_type=backfill&limit=50")["dag_runs"]
               if days[0] <= date.fromisoformat(run["logical_date"][:10]) <= days[-1]]

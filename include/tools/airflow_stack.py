@@ -203,16 +203,16 @@ def _group_alive(pid: int) -> bool:
 
 def backfill(stack: Stack, first: str, last: str, reprocess: str = "none", max_active_runs: int | None = None,
              env: dict[str, str] | None = None, attempts: int = 6) -> None:
-    """`airflow backfill create` over the ingestion dates first..last (inclusive), after unpausing the
-    DAG (the runs of a paused DAG's backfill stay queued).
+    """`airflow backfill create` over the ingestion dates first..last (inclusive), then unpausing the DAG
+    (the runs of a paused DAG's backfill stay queued).
 
     On SQLite the CLI's transaction can meet the scheduler's and fail with "database is locked"; Airflow
-    then removes the half-created backfill, and it is tried again.
+    then removes the half-created backfill, and it is tried again. The DAG is unpaused only once the backfill
+    is there: a scheduler that had started on runs the failed try made, and that try then removed, died on
+    them (`ObjectDeletedError`), and `airflow standalone` does not start it again. A DAG someone unpaused
+    before keeps that risk; its daily runs are not paused for a backfill.
     """
     env = stack.environment(env)
-    unpause = subprocess.run(["airflow", "dags", "unpause", DAG_ID], env=env, capture_output=True, text=True)
-    if unpause.returncode != 0:
-        raise SystemExit(f"airflow dags unpause {DAG_ID} failed:\n{unpause.stdout}{unpause.stderr}")
     command = ["airflow", "backfill", "create", "--dag-id", DAG_ID, "--from-date", first, "--to-date", last,
                "--reprocess-behavior", reprocess]
     if max_active_runs:
@@ -223,6 +223,10 @@ def backfill(stack: Stack, first: str, last: str, reprocess: str = "none", max_a
             created = sum("Created backfill Dag run" in line for line in (done.stdout + done.stderr).splitlines())
             print(f"backfill of {DAG_ID} from {first} to {last}: {created} run(s) created "
                   f"(reprocess: {reprocess}); watch them at {stack.url}/dags/{DAG_ID}/runs")
+            unpause = subprocess.run(["airflow", "dags", "unpause", DAG_ID], env=env, capture_output=True, text=True)
+            if unpause.returncode != 0:
+                raise SystemExit(f"airflow dags unpause {DAG_ID} failed (the backfill's runs wait for it):\n"
+                                 f"{unpause.stdout}{unpause.stderr}")
             return
         output = done.stdout + done.stderr
         if "database is locked" not in output or attempt == attempts:

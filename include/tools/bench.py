@@ -72,6 +72,9 @@ GROWTH_DAYS = (2, 11, 31)  # day N+1 after 1, 10 and 30 days of history
 # delivery and a real order day, and a backfill of real order days through a running Airflow, per date.
 TARGET_RATIO, TARGET_GROWTH, TARGET_GATE_SHARE, TARGET_TINY_SECONDS = 6.0, 1.25, 0.25, 20.0
 TARGET_BACKFILL_SECONDS = 10.0
+# A scheduler without a heartbeat this long has died (`airflow standalone` does not start it again): the
+# backfill phase stops instead of waiting out its six hours.
+SCHEDULER_GRACE_SECONDS = 120
 
 
 def log(message: str) -> None:
@@ -426,7 +429,7 @@ def phase_backfill(root: Path, days: list[date], log_dir: Path) -> dict:
         started = time.time()
         with contextlib.redirect_stdout(sys.stderr):
             airflow_stack.backfill(stack, days[0].isoformat(), days[-1].isoformat(), env=env)
-        token = stack.token()
+        token, unhealthy = stack.token(), None
         while True:
             runs = [run for run in stack.api("GET", "/dags/lakehouse_daily/dagRuns?run_type=backfill&limit=1000",
                                              token=token)["dag_runs"]]
@@ -434,6 +437,15 @@ def phase_backfill(root: Path, days: list[date], log_dir: Path) -> dict:
                 break
             if time.time() - started > 6 * 3600:
                 raise RuntimeError("the backfill did not finish in 6 hours")
+            scheduler = ((stack.health() or {}).get("scheduler") or {}).get("status")
+            if scheduler not in ("healthy", None):
+                unhealthy = unhealthy or time.time()
+                if time.time() - unhealthy > SCHEDULER_GRACE_SECONDS:
+                    raise RuntimeError(f"Airflow's scheduler is {scheduler} (no heartbeat for "
+                                       f"{SCHEDULER_GRACE_SECONDS} s): the backfill cannot finish; "
+                                       f"Airflow's log: {stack.log_file}")
+            else:
+                unhealthy = None
             time.sleep(2)
         wall = time.time() - started
         refused, failed = _refusals(stack, token, [run for run in runs if run["state"] != "success"])
