@@ -150,7 +150,7 @@ def run_gold(spark, settings: Settings, source: Source, ingestion_date: date, ru
                     inputs, rollup_write, frames = _refresh_rollup(spark, settings, mart.rollup, silver, changes,
                                                                    seen[mart.table])
                     cached.extend(frames)
-                    rollup_writes.append(rollup_write)
+                    rollup_writes.extend([rollup_write] if rollup_write else [])
                 if _rebuilds(spark, path, mart, counts[mart.table]):
                     plans[mart.table] = "rebuilt"
                     staged.append(_whole(mart, inputs, path))
@@ -229,7 +229,8 @@ def _overwrite(frame, path: str, partition_by: list[str] = ()) -> None:
 def _refresh_rollup(spark, settings: Settings, rollup, silver, changes, last_version: int):
     """The rollup as it will stand once the rows of every date with silver rows changed since `last_version`
     are recomputed from silver as it stands (a date left without silver rows loses its rollup rows); the output
-    that replaces those dates in one commit, after the gate; and the frames cached for both (to release)."""
+    that replaces those dates in one commit, after the gate (None when no date changed); and the frames cached
+    for both (to release)."""
     from pyspark.sql import functions as F
 
     path = settings.table_location("gold", rollup.table)
@@ -239,7 +240,7 @@ def _refresh_rollup(spark, settings: Settings, rollup, silver, changes, last_ver
     present = sorted(day for day in dates if day is not None)
     stored = store.read(spark, path)
     if not present:
-        return stored, Output(None, lambda rows: None, round=1), []
+        return stored, None, []
     rows = store.cache(rollup.compute(silver.where(F.col(column).isin(present))))
     listed = ", ".join(f"DATE'{day.isoformat()}'" for day in present)
     staged = store.cache(stored.where(~F.col(column).isin(present)).unionByName(rows))

@@ -54,10 +54,11 @@ class Published:
 def publish(spark, settings: Settings, layer: str, source: str, ingestion_date: date, outputs: list[Output],
             release: Iterable[Any] = ()) -> Published:
     """Stage, audit, write and release the job's `outputs` (see the module's docstring)."""
-    release = list(release)
-    kept = [store.cache(output.frame) if settings.gates and output.suite and output.keep else output.frame
-            for output in outputs]
+    keeping = [bool(settings.gates and output.suite and output.keep) for output in outputs]
+    kept: list[Any] = []
     try:
+        for output, keep in zip(outputs, keeping):  # one at a time: a failure releases those kept before it
+            kept.append(store.cache(output.frame) if keep else output.frame)
         started = time.monotonic()
         outcomes = audit(spark, settings, layer, source, ingestion_date, [
             Check(output.suite, frame, parameters=output.parameters, views=output.views)
@@ -69,5 +70,4 @@ def publish(spark, settings: Settings, layer: str, source: str, ingestion_date: 
                 for output, frame in zip(outputs, kept) if output.round == current))
         return Published(outcomes, audited - started, time.monotonic() - audited)
     finally:
-        store.release(*(frame for output, frame in reversed(list(zip(outputs, kept))) if frame is not output.frame),
-                      *release)
+        store.release(*(frame for frame, keep in reversed(list(zip(kept, keeping))) if keep), *release)

@@ -168,9 +168,9 @@ def run_silver(spark, settings: Settings, source: Source, ingestion_date: date, 
         quarantine = observed(counts, rows, today, duplicates)
         figures.update(quarantined=quarantine["rows"], duplicates=quarantine["duplicates"])
 
-    def write_index(entries) -> None:
+    def write_index(rows) -> None:
         # The later dates' entries are written again too: their silver rows now come from bronze as it stands.
-        replace_partition(entries, index_path, f"source = '{source.name}' AND {on_dates}",
+        replace_partition(rows, index_path, f"source = '{source.name}' AND {on_dates}",
                           ["source", "_ingestion_date"])
 
     def overwrite(table: str):
