@@ -118,37 +118,12 @@ def _local_log(location: str) -> Path | None:
 def identity(spark, location: str) -> str:
     """The table's id in its log: it stays through every commit, and a table deleted and made again has a new
     one, whatever its version numbers."""
-    table = _local_table(location)
-    if table is not None:
-        return table.metadata().id
     return spark.sql(f"DESCRIBE DETAIL {sql_name(location)}").select("id").first()[0]
 
 
 def size_bytes(spark, location: str) -> int:
     """The bytes of the table's current files, from its log."""
-    table = _local_table(location)
-    if table is not None:
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        return pc.sum(pa.table(table.get_add_actions(flatten=True))["size_bytes"]).as_py() or 0
     return spark.sql(f"DESCRIBE DETAIL {sql_name(location)}").select("sizeInBytes").first()[0]
-
-
-def _local_table(location: str):
-    """The table at a path on this machine's disk as the `deltalake` package (delta-rs) reads it from its log,
-    without a query: `DESCRIBE DETAIL` costs the server a snapshot of the table and a plan. None for a catalog
-    name or a remote URI, and where delta-rs cannot read the table (not installed, as on Databricks, or a table
-    feature it does not know): Spark answers then."""
-    log_dir = _local_log(location)
-    if log_dir is None:
-        return None
-    try:
-        from deltalake import DeltaTable
-
-        return DeltaTable(str(log_dir.parent))
-    except Exception:
-        return None
 
 
 def save(spark, writer, location: str) -> None:
