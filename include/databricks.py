@@ -39,6 +39,7 @@ import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from importlib import metadata
 from urllib.parse import quote
 
@@ -186,21 +187,25 @@ class LayerDatabricksOperator(DatabricksSubmitRunOperator):
         ti = context["ti"]
         return idempotency_token(ti.dag_id, ti.run_id, ti.task_id, ti.map_index, try_number)
 
+    @cached_property
+    def runs(self) -> DatabricksHook:
+        """The Jobs API, configured as the operator configures its own client."""
+        return DatabricksHook(self.databricks_conn_id, retry_limit=self.databricks_retry_limit,
+                              retry_delay=self.databricks_retry_delay, retry_args=self.databricks_retry_args)
+
     def submit_job(self, context) -> int:
-        payload = self._prepare_submit_json(context)
         try_number = context["ti"].try_number
         if try_number > 1:
             # The previous try's token returns its run if it was submitted; otherwise this starts the run.
-            run_id = self._hook.submit_run({**payload, "idempotency_token": self._token(context, try_number - 1)})
-            state = RunState(**self._hook.get_run(run_id)["state"])
+            self.idempotency_token = self._token(context, try_number - 1)
+            run_id = super().submit_job(context)
+            state = RunState(**self.runs.get_run(run_id)["state"])
             if not state.is_terminal or state.is_successful:
                 self.log.info("Following run %s of the previous try (%s) instead of submitting another",
                               run_id, state.life_cycle_state)
-                self.run_id = run_id
                 return run_id
-        self.run_id = self._hook.submit_run({**payload, "idempotency_token": self._token(context, try_number)})
-        self.log.info("Run submitted with run_id: %s", self.run_id)
-        return self.run_id
+        self.idempotency_token = self._token(context, try_number)
+        return super().submit_job(context)
 
     def execute(self, context):
         try:
