@@ -29,12 +29,13 @@ RUN_DAYS ?= 3
 RUN_EVENTS_PER_DAY ?= 20000
 RUN_FIRST_DAY ?= 2010-12-01
 
-.PHONY: help setup lock jvm-archive lint run test test-slow test-faults bench browser dag-test airflow airflow-stop backfill airflow-db spark-connect \
+.PHONY: help setup lock wheel jvm-archive lint run test test-slow test-faults bench browser dag-test airflow airflow-stop backfill airflow-db spark-connect \
 	spark-connect-stop spark-cluster spark-cluster-stop clean
 
 help:
 	@echo "make setup                   create .venv with the locked requirements (idempotent)"
 	@echo "make lock                    resolve requirements.txt and requirements-dev.txt into requirements.lock again"
+	@echo "make wheel                   build dist/lakehouse-<version>-py3-none-any.whl, what a Databricks job installs"
 	@echo "make jvm-archive             the Spark driver's class archive spark-submit jobs start with (tests, bench and the local and spark runtimes make it)"
 	@echo "make run                     stage real orders and generated events, run lakehouse_daily, show the tables"
 	@echo "make test                    run the test suite (all but the tests marked slow)"
@@ -55,8 +56,6 @@ help:
 
 setup: $(SETUP_STAMP)
 	@bash include/check-prerequisites.sh "$(BIN)/python"
-	@# The project root on the venv's path: DAGs, jobs, tools and tests import include/ and spark_jobs/.
-	@echo "$(CURDIR)" > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/lakehouse.pth"
 	@# The Delta jars in the venv: layer jobs start with --jars instead of resolving --packages each time.
 	@$(BIN)/python -m include.tools.delta_jars > /dev/null \
 		|| echo "setup: could not resolve the Delta jars; layer jobs will resolve the Delta package at each start"
@@ -80,13 +79,17 @@ RUNTIME_NEEDS := $(if $(filter-out connect,$(or $(LAKEHOUSE_RUNTIME),connect)),j
 # requirements.lock: every package both files resolve to, each at one version, for Python 3.11+ on any
 # platform (`make lock` writes it again after a change to either file; tests/test_requirements.py fails
 # while it is behind them).
-$(SETUP_STAMP): requirements.txt requirements-dev.txt requirements.lock
+# The project itself goes in editable (pyproject.toml): the checkout's code is what runs, and its console
+# scripts (lakehouse-airflow, lakehouse-stage-orders, ...) are on the venv's PATH.
+$(SETUP_STAMP): requirements.txt requirements-dev.txt requirements.lock pyproject.toml
 	@bash include/check-prerequisites.sh "$(PYTHON)"
 	@started=$$(date +%s); \
 	if [ ! -x "$(BIN)/python" ]; then $(PYTHON) -m venv "$(VENV)"; fi && \
 	$(BIN)/python -m pip install --quiet --upgrade pip uv && \
 	$(BIN)/uv pip install --quiet --compile-bytecode --python "$(BIN)/python" -r requirements.lock && \
-	echo "setup: installed requirements.lock into .venv in $$(( $$(date +%s) - started )) s"
+	rm -f "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/lakehouse.pth" && \
+	$(BIN)/uv pip install --quiet --no-deps --python "$(BIN)/python" --editable . && \
+	echo "setup: installed requirements.lock and the project into .venv in $$(( $$(date +%s) - started )) s"
 	@touch "$@"
 
 # LOCK_OPTIONS=--upgrade moves every package to its newest release the pins allow; without it the packages
@@ -96,6 +99,13 @@ lock: $(SETUP_STAMP)
 		requirements.txt requirements-dev.txt -o requirements.lock
 	@echo "lock: requirements.lock written; \`make setup\` installs it"
 
+# The wheel of pyproject.toml: the jobs, the suites and include/'s shared code, without the benchmark, the
+# sample data, the DAG and the tests. The Databricks bundle (include/databricks.yml) uploads it with the files.
+wheel: $(SETUP_STAMP)
+	@rm -rf dist/lakehouse-*.whl
+	@$(BIN)/uv build --quiet --wheel --out-dir dist .
+	@ls dist/lakehouse-*.whl
+
 # The metadata database, with the pools and connections of include/orchestration.py.
 airflow-db: setup $(RUNTIME_NEEDS)
 	@mkdir -p "$(AIRFLOW_HOME)"
@@ -103,19 +113,19 @@ airflow-db: setup $(RUNTIME_NEEDS)
 	@python -m include.orchestration
 
 airflow: setup $(RUNTIME_NEEDS)
-	@python -m include.tools.airflow_stack start
+	@lakehouse-airflow start
 
 # The Spark Connect server (include/tools/spark_connect.py): 127.0.0.1:15002, its token from the Airflow connection
 # spark_connect_default (or LAKEHOUSE_CONNECT_TOKEN). `make run`, `make dag-test` and `make airflow` start it when
 # LAKEHOUSE_RUNTIME=connect (the default) and it is not up.
 spark-connect: airflow-db
-	@python -m include.tools.spark_connect start
+	@lakehouse-spark-connect start
 
 spark-connect-stop:
-	@if [ -x "$(BIN)/python" ]; then python -m include.tools.spark_connect stop; else echo "Spark is not installed"; fi
+	@if [ -x "$(BIN)/lakehouse-spark-connect" ]; then lakehouse-spark-connect stop; else echo "Spark is not installed"; fi
 
 airflow-stop:
-	@if [ -x "$(BIN)/python" ]; then python -m include.tools.airflow_stack stop; else echo "Airflow is not installed"; fi
+	@if [ -x "$(BIN)/lakehouse-airflow" ]; then lakehouse-airflow stop; else echo "Airflow is not installed"; fi
 
 # A Spark standalone cluster on this machine (include/tools/spark_cluster.py): master spark://127.0.0.1:7077,
 # its UI on 8081. Run the DAG on it with LAKEHOUSE_RUNTIME=spark (the spark_default connection points here
@@ -123,34 +133,34 @@ airflow-stop:
 SPARK_WORKERS ?= 1
 SPARK_WORKER_MEMORY ?= 4g
 spark-cluster: setup
-	@python -m include.tools.spark_cluster start --workers $(SPARK_WORKERS) --memory $(SPARK_WORKER_MEMORY)
+	@lakehouse-spark-cluster start --workers $(SPARK_WORKERS) --memory $(SPARK_WORKER_MEMORY)
 
 spark-cluster-stop:
-	@if [ -x "$(BIN)/python" ]; then python -m include.tools.spark_cluster stop; else echo "Spark is not installed"; fi
+	@if [ -x "$(BIN)/lakehouse-spark-cluster" ]; then lakehouse-spark-cluster stop; else echo "Spark is not installed"; fi
 
 REPROCESS ?= none
 backfill: setup
 	@test -n "$(FROM)" -a -n "$(TO)" || { echo "usage: make backfill FROM=YYYY-MM-DD TO=YYYY-MM-DD [REPROCESS=none|failed|completed]" >&2; exit 2; }
-	@python -m include.tools.airflow_stack backfill --from $(FROM) --to $(TO) --reprocess $(REPROCESS)
+	@lakehouse-airflow backfill --from $(FROM) --to $(TO) --reprocess $(REPROCESS)
 
 run: airflow-db
-	@python -m include.tools.spark_connect ensure
-	@python -m include.tools.stage_orders --from $(RUN_FIRST_DAY) --days $(RUN_DAYS)
-	@python -m include.tools.generate_events --from $(RUN_FIRST_DAY) --days $(RUN_DAYS) \
+	@lakehouse-spark-connect ensure
+	@lakehouse-stage-orders --from $(RUN_FIRST_DAY) --days $(RUN_DAYS)
+	@lakehouse-generate-events --from $(RUN_FIRST_DAY) --days $(RUN_DAYS) \
 		--events-per-day $(RUN_EVENTS_PER_DAY) --defect-rate 0.01
-	@for date in $$(python -m include.tools.stage_orders --from $(RUN_FIRST_DAY) --days $(RUN_DAYS) --list); do \
+	@for date in $$(lakehouse-stage-orders --from $(RUN_FIRST_DAY) --days $(RUN_DAYS) --list); do \
 		echo "== lakehouse_daily $$date"; \
 		airflow dags test lakehouse_daily $$date > "$(AIRFLOW_HOME)/dags-test-$$date.log" 2>&1 \
 			|| { tail -n 60 "$(AIRFLOW_HOME)/dags-test-$$date.log"; echo "the run for $$date failed; full log: $(AIRFLOW_HOME)/dags-test-$$date.log"; exit 1; }; \
 		grep -hoE "(bronze [a-z]+ [0-9-]+: [0-9,]+ rows .* -> [^ ]+|silver [a-z]+ [0-9-]+: [0-9,]+ rows kept, [0-9,]+ quarantined|gold [a-z]+ [a-z_]+: [a-z]+ refresh to silver version [0-9]+(, [0-9,]+ keys recomputed)?|no [a-z]+ delivery for [^']+)" "$(AIRFLOW_HOME)/dags-test-$$date.log" | sort -u; \
 	done
-	@python -m include.tools.show_tables
+	@lakehouse-show-tables
 
 dag-test: airflow-db
 	@test -n "$(DATE)" || { echo "usage: make dag-test DATE=YYYY-MM-DD" >&2; exit 2; }
-	@python -m include.tools.spark_connect ensure
+	@lakehouse-spark-connect ensure
 	airflow dags test lakehouse_daily $(DATE)
-	@python -m include.tools.show_tables --date $(DATE)
+	@lakehouse-show-tables --date $(DATE)
 
 # Two pytest workers (pytest-xdist): the Airflow end-to-end runs and the in-process Spark tests wait
 # on different things, so they overlap well on two cores (three workers were slower: 20:32 against 20:01,
@@ -176,16 +186,16 @@ test-slow: setup jvm-archive browser
 test-faults: setup jvm-archive
 	python -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=12 -m faults
 
-# The benchmark (include/tools/bench.py): about an hour on 2 cores with the defaults; BENCH_ARGS="--help"
+# The benchmark (include/bench/benchmark.py): about an hour on 2 cores with the defaults; BENCH_ARGS="--help"
 # lists its options, e.g.
 # BENCH_ARGS="--events-per-day 200000 --skip growth".
 BENCH_ARGS ?=
 bench: setup jvm-archive
-	python -m include.tools.bench $(BENCH_ARGS)
+	python -m include.bench $(BENCH_ARGS)
 
 # Debian's chromium and chromedriver for the browser test, when missing and installable.
 browser:
 	@bash include/install-browser.sh
 
 clean: airflow-stop spark-connect-stop spark-cluster-stop
-	rm -rf data .airflow .spark-connect .spark-cluster .venv .pytest_cache bench-results
+	rm -rf data .airflow .spark-connect .spark-cluster .venv .pytest_cache bench-results dist build lakehouse.egg-info

@@ -52,7 +52,7 @@ Where the jobs run (`LAKEHOUSE_RUNTIME`, the same job files everywhere): **conne
 own process, as a client of the long-running Spark Connect server (`make spark-connect`; its token in the
 connection `spark_connect_default`); **local** spark-submit to local Spark (connection `spark_local`);
 **spark** spark-submit to the standalone cluster in the `spark_default` connection, the project's code shipped
-with `--py-files`; **databricks** a one-time Databricks run per layer job (connection `databricks_default`;
+to the executors as an archive; **databricks** a one-time Databricks run per layer job (connection `databricks_default`;
 tables in Unity Catalog, deliveries in a volume; see include/databricks.py), cancelled when its Airflow task
 is killed.
 """

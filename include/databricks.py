@@ -1,10 +1,14 @@
 """LAKEHOUSE_RUNTIME=databricks: every layer job runs on Databricks as a one-time run (Jobs API
 `runs/submit`) whose single `spark_python_task` is the same job file with the same arguments as under
-spark-submit.
+spark-submit, with the project's wheel as the run's library.
 
 Where things are on Databricks:
-- the code: the project's files as a Databricks Asset Bundle deploys them (`include/databricks.yml`,
-  `databricks bundle deploy -t prod`), under LAKEHOUSE_DATABRICKS_FILES;
+- the code: the project's wheel (`make wheel`), which a Databricks Asset Bundle uploads with the job files
+  (`include/databricks.yml`, `databricks bundle deploy -t prod`) under LAKEHOUSE_DATABRICKS_FILES (the wheel
+  in its dist/); each run installs the wheel, and with it what the wheel requires (Great Expectations at the
+  pinned version), and runs `spark_jobs/<layer>.py`, which imports the project from the wheel. Not a
+  `python_wheel_task`: the provider forwards the DAG's params into such a task's `named_parameters`, which
+  the Jobs API refuses beside the `parameters` the jobs take;
 - the tables: Unity Catalog, `<LAKEHOUSE_DATABRICKS_CATALOG>.<layer>.<table>` (schemas bronze, silver
   and gold), instead of paths;
 - the landing zone: a Unity Catalog volume, LAKEHOUSE_DATABRICKS_LANDING
@@ -19,7 +23,6 @@ Compute (LAKEHOUSE_DATABRICKS_COMPUTE):
   LAKEHOUSE_DATABRICKS_NODE_TYPE (required), LAKEHOUSE_DATABRICKS_WORKERS;
 - `existing`: the all-purpose cluster LAKEHOUSE_DATABRICKS_CLUSTER_ID;
 - `serverless`: serverless jobs compute with environment LAKEHOUSE_DATABRICKS_ENVIRONMENT_VERSION.
-Great Expectations is installed on the compute at the version pinned in requirements.txt.
 
 The workspace and its token come only from the Airflow connection LAKEHOUSE_DATABRICKS_CONN_ID
 (`databricks_default`): host and a personal access token or service principal, as the Databricks provider
@@ -119,12 +122,13 @@ class DatabricksSettings:
         return f"{self.landing}/{source}/{ingestion_date}"
 
 
-def _requirement(distribution: str) -> str:
-    return f"{distribution}=={metadata.version(distribution)}"
+# The project's distribution (pyproject.toml): its wheel is what a run installs.
+DISTRIBUTION = "lakehouse"
 
 
-# What the jobs import beyond a Databricks runtime's own packages.
-REQUIREMENTS = ("great-expectations",)
+def wheel_name(version: str | None = None) -> str:
+    """The file name `make wheel` gives the wheel of this checkout's version (PEP 427)."""
+    return f"{DISTRIBUTION}-{version or metadata.version(DISTRIBUTION)}-py3-none-any.whl"
 
 
 def run_request(databricks: DatabricksSettings, layer: str, source: str, parameters: list[str]) -> dict:
@@ -141,12 +145,13 @@ def run_request(databricks: DatabricksSettings, layer: str, source: str, paramet
     }
     request = {"run_name": f"lakehouse {layer} {source} {{{{ ds }}}}", "timeout_seconds": databricks.timeout_seconds,
                "tasks": [task]}
-    libraries = [{"pypi": {"package": _requirement(name)}} for name in REQUIREMENTS]
+    wheel = f"{databricks.files}/dist/{wheel_name()}"
+    libraries = [{"whl": wheel}]
     if databricks.compute == "serverless":
         task["environment_key"] = ENVIRONMENT_KEY
         request["environments"] = [{"environment_key": ENVIRONMENT_KEY,
                                     "spec": {"environment_version": databricks.environment_version,
-                                             "dependencies": [_requirement(name) for name in REQUIREMENTS]}}]
+                                             "dependencies": [wheel]}}]
     elif databricks.compute == "existing":
         task["existing_cluster_id"] = databricks.cluster_id
         task["libraries"] = libraries

@@ -303,11 +303,13 @@ class LayerJobOperator(SparkSubmitOperator):
 
     def execute(self, context) -> None:
         if self.runtime == "spark":
-            # A cluster's executors import the project from the application's files, not the checkout.
-            from include.code_archive import build
+            # A cluster's executors import the project from the application's files, not the checkout. The
+            # driver (client mode) runs the installed package: the archive goes to the executors only.
+            from include.code_archive import executor_conf
 
-            self.py_files = str(build(Path(self.code_directory)))
-            self.log.info("shipping the project's code to the executors: %s", self.py_files)
+            shipped = executor_conf(Path(self.code_directory))
+            self.conf = {**self.conf, **shipped}
+            self.log.info("shipping the project's code to the executors: %s", shipped["spark.archives"])
         settings, ingestion_date = self.lakehouse_settings, context.get("ds")
         if ingestion_date and settings.quick_compiler(self.source, ingestion_date, self.application_args):
             self.conf = {**self.conf, **settings.submit_conf(quick=True)}

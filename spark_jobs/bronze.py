@@ -11,17 +11,11 @@ and its files recorded in `bronze/ingested_files`.
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from functools import reduce
 from pathlib import Path
-
-# Run as a file (spark-submit, a Databricks spark_python_task), the project root is not on the path. A
-# Databricks Python script task in workspace files starts in the script's folder, where __file__ may be unset.
-if __package__ in (None, ""):
-    sys.path.insert(0, str((Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()).parent))
 
 from expectations.gate import GateFailed
 from include.config import INGESTED_FILES_TABLE, Settings

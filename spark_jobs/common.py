@@ -20,7 +20,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 SETTING_PREFIX = "LAKEHOUSE_"
 # How a refusal reads where the exit status does not reach the orchestrator (a Databricks task's error).
 REFUSED = "RefusedInput"
-# A finished job logs one line with this, then its timings and result as JSON (include/tools/bench.py reads
+# A finished job logs one line with this, then its timings and result as JSON (include/bench/benchmark.py reads
 # it; people read the lines before it).
 RESULT_MARK = "lakehouse job result:"
 _IMPORTED_AT = time.time()

@@ -1,6 +1,6 @@
-"""The benchmark's reference engine (DuckDB, include/tools/bench_reference.py) does the lakehouse's work:
+"""The benchmark's reference engine (DuckDB, include/bench/reference.py) does the lakehouse's work:
 on the same deliveries its bronze, silver and quarantine counts and every gold mart equal the Spark
-jobs', compared by the benchmark's own comparison (include/tools/bench.compare_gold)."""
+jobs', compared by the benchmark's own comparison (include/bench/benchmark.compare_gold)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from datetime import date
 
 import pytest
 
+from include.bench import benchmark as bench
 from include.sources import EVENTS, ORDERS
-from include.tools import bench, generate_events, stage_orders
+from include.tools import generate_events, stage_orders
 from spark_jobs.bronze import run_bronze
 from spark_jobs.gold import run_gold
 from spark_jobs.silver import run_silver
@@ -20,8 +21,8 @@ DAYS = {ORDERS.name: [date(2010, 12, 1), date(2010, 12, 2)], EVENTS.name: [date(
 
 @pytest.fixture(scope="module")
 def both_engines(spark_session, tmp_path_factory):
+    from include.bench.reference import Reference
     from include.config import Settings
-    from include.tools.bench_reference import Reference
     from tests.conftest import TEST_SPARK_ENV
 
     root = tmp_path_factory.mktemp("bench-reference")

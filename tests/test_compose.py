@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from include.config import PROJECT_ROOT
-from include.databricks import DatabricksSettings
+from include.databricks import DatabricksSettings, run_request, wheel_name
 
 AIRFLOW_SERVICES = {"airflow-apiserver": "api-server", "airflow-scheduler": "scheduler",
                     "airflow-dag-processor": "dag-processor", "airflow-triggerer": "triggerer"}
@@ -102,6 +102,8 @@ def test_the_image_is_the_pinned_airflow_with_java_and_the_project(compose):
             assert (PROJECT_ROOT / build["context"] / source).exists(), f"the Dockerfile copies a missing {source}"
     for package in ("dags", "plugins", "include", "spark_jobs", "expectations"):
         assert re.search(rf"^COPY .* {package} /opt/lakehouse/{package}$", text, re.M), package
+    assert re.search(r"^RUN pip install .*--no-deps --editable /opt/lakehouse$", text, re.M), "the project installed"
+    assert "PYTHONPATH" not in text, "the package is installed, not put on the path by hand"
     # Spark's master and worker come from the same image: the pinned pyspark, the same Java.
     for name, main in (("spark-master", "deploy.master.Master"), ("spark-worker", "deploy.worker.Worker")):
         service = compose["services"][name]
@@ -121,15 +123,20 @@ def test_spark_and_airflow_see_the_data_at_the_same_paths(compose):
         assert any(mount.split(":")[1] == environment[variable] for mount in data), variable
 
 
-def test_the_bundle_syncs_the_jobs_where_the_dag_runs_them():
+def test_the_bundle_uploads_the_wheel_where_the_dag_installs_it_from():
     bundle = yaml.safe_load((PROJECT_ROOT / "include" / "databricks.yml").read_text())
     assert bundle["bundle"]["name"] == "lakehouse"
     root = bundle["workspace"]["root_path"].replace("${bundle.name}", "lakehouse").replace("${bundle.target}", "prod")
     assert "prod" in bundle["targets"] and "root_path" not in bundle["targets"]["prod"].get("workspace", {})
     assert f"{root}/files" == DatabricksSettings.files, "the bundle deploys where the DAG does not look"
+    # The sync root is the repository: `make wheel`'s dist/<wheel> is <files>/dist/<wheel>, as the runs ask.
     assert bundle["sync"]["paths"] == [".."]
-    for package in ("include", "spark_jobs", "expectations"):
-        assert any(pattern.startswith(f"../{package}/") for pattern in bundle["sync"]["include"]), package
+    assert bundle["sync"]["include"] == [f"../dist/{wheel_name('*')}"]
+    request = run_request(DatabricksSettings.from_env({"LAKEHOUSE_DATABRICKS_NODE_TYPE": "i3.xlarge"}), "gold",
+                          "orders", [])
+    assert request["tasks"][0]["libraries"] == [{"whl": f"{DatabricksSettings.files}/dist/{wheel_name()}"}]
+    assert not any(pattern.startswith(("../dist", "../spark_jobs")) for pattern in bundle["sync"]["exclude"])
+    assert request["tasks"][0]["spark_python_task"]["python_file"] == f"{DatabricksSettings.files}/spark_jobs/gold.py"
     for layer in ("bronze", "silver", "gold"):
         assert (PROJECT_ROOT / "spark_jobs" / f"{layer}.py").is_file()
     assert not re.search(r"(?i)token|password|dapi", Path(PROJECT_ROOT / "include" / "databricks.yml").read_text()

@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import time
+from importlib import metadata
 
 import pytest
 from airflow.providers.databricks.utils.databricks import normalise_json_content
@@ -24,8 +25,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("databricks")]
 
 TOKEN = "dapi-test-0123456789abcdef"
 DAY = "2010-12-01"
-GX = "great-expectations==" + __import__("importlib.metadata").metadata.version("great-expectations")
 FILES = "/Workspace/Shared/.bundle/lakehouse/prod/files"
+# The wheel `make wheel` builds of this checkout, where the bundle uploads it.
+WHEEL = f"{FILES}/dist/lakehouse-{metadata.version('lakehouse')}-py3-none-any.whl"
 SETTINGS_ARGS = ["--setting", "LAKEHOUSE_CATALOG=lakehouse",
                  "--setting", "LAKEHOUSE_LANDING=/Volumes/lakehouse/landing/deliveries",
                  "--setting", "LAKEHOUSE_GX_ROOT=/Volumes/lakehouse/quality/gx"]
@@ -43,11 +45,11 @@ def test_the_request_of_each_compute_choice():
                    "new_cluster": {"spark_version": "17.3.x-scala2.13", "node_type_id": "i3.xlarge", "num_workers": 2,
                                    "data_security_mode": "SINGLE_USER",
                                    "spark_conf": {"spark.sql.session.timeZone": "UTC"}},
-                   "libraries": [{"pypi": {"package": GX}}]}]}
+                   "libraries": [{"whl": WHEEL}]}]}
     existing = DatabricksSettings.from_env({"LAKEHOUSE_DATABRICKS_COMPUTE": "existing",
                                            "LAKEHOUSE_DATABRICKS_CLUSTER_ID": "0923-164208-abcd"})
     assert run_request(existing, "silver", "orders", arguments)["tasks"] == [
-        {**task, "existing_cluster_id": "0923-164208-abcd", "libraries": [{"pypi": {"package": GX}}]}]
+        {**task, "existing_cluster_id": "0923-164208-abcd", "libraries": [{"whl": WHEEL}]}]
     serverless = DatabricksSettings.from_env({"LAKEHOUSE_DATABRICKS_COMPUTE": "serverless",
                                              "LAKEHOUSE_DATABRICKS_CATALOG": "main"})
     request = run_request(serverless, "silver", "orders", arguments)
@@ -56,7 +58,7 @@ def test_the_request_of_each_compute_choice():
         "--setting", "LAKEHOUSE_CATALOG=main", "--setting", "LAKEHOUSE_LANDING=/Volumes/main/landing/deliveries",
         "--setting", "LAKEHOUSE_GX_ROOT=/Volumes/main/quality/gx", "--setting", "LAKEHOUSE_CACHE_FRAMES=false"]
     assert request["environments"] == [{"environment_key": "lakehouse",
-                                        "spec": {"environment_version": "3", "dependencies": [GX]}}]
+                                        "spec": {"environment_version": "3", "dependencies": [WHEEL]}}]
     for env, needed in (({}, "LAKEHOUSE_DATABRICKS_NODE_TYPE"),
                         ({"LAKEHOUSE_DATABRICKS_COMPUTE": "existing"}, "LAKEHOUSE_DATABRICKS_CLUSTER_ID"),
                         ({"LAKEHOUSE_DATABRICKS_COMPUTE": "gpu"}, "LAKEHOUSE_DATABRICKS_COMPUTE")):
@@ -143,8 +145,8 @@ def test_the_dag_on_databricks_follows_the_remote_runs(workspace):
 
 
 def test_the_dag_on_serverless_compute_submits_environment_tasks_without_a_cluster(workspace):
-    """Serverless jobs compute is Spark Connect only: the same job files, in an environment with GX, no
-    cluster and no libraries, told that there is no cache to keep frames in."""
+    """Serverless jobs compute is Spark Connect only: the same job files, in an environment with the
+    project's wheel, no cluster and no libraries, told that there is no cache to keep frames in."""
     workspace, env = workspace
     env = {**env, "LAKEHOUSE_DATABRICKS_COMPUTE": "serverless"}
     before = len(workspace.submits())
@@ -161,7 +163,7 @@ def test_the_dag_on_serverless_compute_submits_environment_tasks_without_a_clust
         assert task["environment_key"] == "lakehouse"
         assert not {"new_cluster", "existing_cluster_id", "libraries"} & set(task), task
         assert body["environments"] == [{"environment_key": "lakehouse",
-                                         "spec": {"environment_version": "3", "dependencies": [GX]}}]
+                                         "spec": {"environment_version": "3", "dependencies": [WHEEL]}}]
         parameters = task["spark_python_task"]["parameters"]
         assert parameters[parameters.index("LAKEHOUSE_CACHE_FRAMES=false") - 1] == "--setting"
     assert TOKEN not in output

@@ -71,7 +71,8 @@ def test_the_dag_runs_every_layer_on_the_cluster_and_its_tables_equal_a_local_ru
     states = re.findall(r"DagRun Finished: dag_id=lakehouse_daily, logical_date=" + DAY + r".*?state=(\w+)", output)
     assert states == ["success"], f"exit {done.returncode}:\n{output[-5000:]}"
     assert f"--master {cluster.master_url}" in output, "the jobs were not submitted to the cluster's master"
-    assert "--py-files" in output and "lakehouse-code-" in output, "the project's code was not shipped"
+    assert "spark.archives=" in output and "lakehouse-code-" in output, "the project's code was not shipped"
+    assert "--py-files" not in output, "the driver must import the installed package, not a zip"
 
     # The master's own record: one finished application per layer and source, each given executors.
     state = cluster.state()
@@ -79,6 +80,10 @@ def test_the_dag_runs_every_layer_on_the_cluster_and_its_tables_equal_a_local_ru
     expected = {f"{layer}-{ORDERS.name}-{DAY}" for layer in ("bronze", "silver", "gold")}
     assert expected == set(finished), sorted(finished)
     assert all(finished[name]["state"] == "FINISHED" and finished[name]["cores"] > 0 for name in expected)
+    # Each executor unpacked the project's code where its Python workers look for it.
+    for name in expected:
+        unpacked = list((cluster.home / "work" / finished[name]["id"]).glob("*/lakehouse_code/spark_jobs/gold.py"))
+        assert unpacked, f"{name}: no executor unpacked the project's code"
 
     # The same day through the same job code in this process, on local Spark, with the tables addressed
     # by catalog name (LAKEHOUSE_CATALOG, as on Databricks' Unity Catalog) in the session's own catalog.

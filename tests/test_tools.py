@@ -163,7 +163,7 @@ def test_splitting_refuses_a_file_with_another_layout(tmp_path):
 def test_history_bench_runs_each_day_through_every_layer(spark, tmp_path, capsys):
     import json
 
-    from include.tools import history_bench
+    from include.bench import history as history_bench
 
     assert history_bench.main(["--days", "3", "--events-per-day", "300", "--root", str(tmp_path),
                                "--json", str(tmp_path / "figures.json")]) == 0
@@ -203,7 +203,7 @@ def test_data_docs_pages_are_pointed_at_local_copies_of_their_assets(tmp_path):
 def test_the_benchmark_reads_job_reports_from_job_output_and_from_airflow_logs():
     import json
 
-    from include.tools.bench import job_reports
+    from include.bench.benchmark import job_reports
     from spark_jobs.common import RESULT_MARK
 
     report = {"layer": "silver", "session_ready_at": 2.5, "result": {"rows": 3}}
@@ -215,7 +215,7 @@ def test_the_benchmark_reads_job_reports_from_job_output_and_from_airflow_logs()
 
 
 def test_the_benchmark_prints_a_run_beside_an_earlier_one():
-    from include.tools.bench import JobFigures, compare_reports
+    from include.bench.benchmark import JobFigures, compare_reports
 
     def report(day_date, seconds, growth=(), tiny=None):
         jobs = [vars(JobFigures(layer, "events", "2019-10-01", value, 7.0, value - 7.0, 1.0, 2**30, 2**31, 3, 2**20,
@@ -237,7 +237,7 @@ def test_the_benchmark_prints_a_run_beside_an_earlier_one():
 
 
 def test_the_benchmark_splits_the_events_end_to_end_time_into_fixed_cost_and_work_on_the_rows():
-    from include.tools.bench import JobFigures, _fixed_share
+    from include.bench.benchmark import JobFigures, _fixed_share
 
     # wall, start-up, work: shut-down is what remains (2 s a job).
     jobs = [vars(JobFigures(layer, "events", "2019-10-01", wall, 5.0, wall - 7.0, 1.0, 2**30, 2**31, 3, 2**20,

@@ -1,1 +1,2 @@
-"""Landing-zone and reporting commands: `python -m include.tools.<name> --help`."""
+"""The commands people run (console scripts of pyproject.toml: `lakehouse-stage-orders --help`, ...) and
+the steps `make setup` takes (`python -m include.tools.<name>`)."""

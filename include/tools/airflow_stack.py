@@ -1,10 +1,10 @@
 """Start, stop and inspect the local Airflow: `airflow standalone` (API server and UI, scheduler, DAG
 processor, triggerer; SQLite metadata, LocalExecutor, the simple auth manager) in the background.
 
-    python -m include.tools.airflow_stack start     # `make airflow`
-    python -m include.tools.airflow_stack stop      # `make airflow-stop`
-    python -m include.tools.airflow_stack status
-    python -m include.tools.airflow_stack backfill --from 2010-12-01 --to 2010-12-03   # `make backfill`
+    lakehouse-airflow start     # `make airflow`
+    lakehouse-airflow stop      # `make airflow-stop`
+    lakehouse-airflow status
+    lakehouse-airflow backfill --from 2010-12-01 --to 2010-12-03   # `make backfill`
 
 `start` migrates the metadata database, creates the pools and connections (include/orchestration.py),
 starts the services as one process group, waits until the scheduler and the DAG processor report

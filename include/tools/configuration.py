@@ -117,7 +117,8 @@ GROUPS: dict[str, tuple[Setting, ...]] = {
                 "`existing` (an all-purpose cluster) or `serverless`", "job_cluster"),
         Setting("LAKEHOUSE_DATABRICKS_CATALOG", "`lakehouse`", "the Unity Catalog of the tables", "lakehouse"),
         Setting("LAKEHOUSE_DATABRICKS_FILES", "`/Workspace/Shared/.bundle/lakehouse/prod/files`", "where the "
-                "bundle deployed the job files", "/Workspace/Shared/.bundle/lakehouse/prod/files"),
+                "bundle deployed its files: the project's wheel is in `dist/` under it",
+                "/Workspace/Shared/.bundle/lakehouse/prod/files"),
         Setting("LAKEHOUSE_DATABRICKS_LANDING", "`/Volumes/<catalog>/landing/deliveries`", "the landing zone, a "
                 "volume", "/Volumes/lakehouse/landing/deliveries"),
         Setting("LAKEHOUSE_DATABRICKS_GX_ROOT", "`/Volumes/<catalog>/quality/gx`", "the Great Expectations project "

@@ -10,8 +10,8 @@ Defects, each at its own rate (a share of the day's lines), for testing what the
 malformed lines (wrong field count, broken quoting, a number that does not parse), empty keys,
 unknown event types, negative prices, exact duplicates, and events of earlier dates arriving late.
 
-    python -m include.tools.generate_events --from 2019-10-01 --days 3 --events-per-day 1000000
-    python -m include.tools.generate_events --from 2019-10-01 --to 2019-10-07 --defect-rate 0.02
+    lakehouse-generate-events --from 2019-10-01 --days 3 --events-per-day 1000000
+    lakehouse-generate-events --from 2019-10-01 --to 2019-10-07 --defect-rate 0.02
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Reads the Delta tables with the `deltalake` package (no Spark), which also shows that they stay
 readable by other Delta readers.
 
-    python -m include.tools.show_tables [--date 2010-12-01]
+    lakehouse-show-tables [--date 2010-12-01]
 """
 
 from __future__ import annotations

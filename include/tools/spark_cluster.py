@@ -1,9 +1,9 @@
 """A Spark standalone cluster on this machine, from the pyspark distribution: one master and one or more
 workers on 127.0.0.1, for `LAKEHOUSE_RUNTIME=spark`.
 
-    python -m include.tools.spark_cluster start [--workers 1] [--cores 2] [--memory 4g]   # `make spark-cluster`
-    python -m include.tools.spark_cluster stop                                          # `make spark-cluster-stop`
-    python -m include.tools.spark_cluster status
+    lakehouse-spark-cluster start [--workers 1] [--cores 2] [--memory 4g]   # `make spark-cluster`
+    lakehouse-spark-cluster stop                                          # `make spark-cluster-stop`
+    lakehouse-spark-cluster status
 
 The master listens on spark://127.0.0.1:$LAKEHOUSE_SPARK_CLUSTER_PORT (7077) with its web UI on
 $LAKEHOUSE_SPARK_CLUSTER_UI_PORT (8081; Airflow's UI has 8080); workers' UIs take the next ports.

@@ -3,9 +3,9 @@ driver on this machine, started from pip pyspark's own jar, that every layer tas
 thin client. The JVM, its JIT-compiled code, Delta's table snapshots and the planner's caches stay warm
 between tasks.
 
-    python -m include.tools.spark_connect start     # `make spark-connect`
-    python -m include.tools.spark_connect stop      # `make spark-connect-stop`
-    python -m include.tools.spark_connect status
+    lakehouse-spark-connect start     # `make spark-connect`
+    lakehouse-spark-connect stop      # `make spark-connect-stop`
+    lakehouse-spark-connect status
 
 `start` runs pip pyspark's Spark Connect service through spark-submit (pip pyspark has no start script;
 its driver program, include/connect_server.py, is the stock server's but for sessions that share generated

@@ -1,6 +1,6 @@
 """Split a downloaded monthly Kaggle/REES46 file into daily landing folders by event date.
 
-    python -m include.tools.split_kaggle ~/Downloads/2019-Oct.csv
+    lakehouse-split-kaggle ~/Downloads/2019-Oct.csv
     -> <landing>/events/2019-10-01/2019-Oct-2019-10-01.csv, ... one file per event date
 
 The file is streamed line by line, byte for byte, with one open output per date, so memory stays flat

@@ -5,8 +5,8 @@ the UCI Online Retail data set (include/data/online-retail/by-day, the default).
 (the shop was closed) are not deliveries and are left out. Staging is idempotent: a file already
 staged with the same bytes is left alone, and a different one is refused unless --force.
 
-    python -m include.tools.stage_orders --from 2010-12-01 --days 3
-    python -m include.tools.stage_orders --source-dir ~/by-day --from 2011-01-04 --to 2011-01-31
+    lakehouse-stage-orders --from 2010-12-01 --days 3
+    lakehouse-stage-orders --source-dir ~/by-day --from 2011-01-04 --to 2011-01-31
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The lakehouse benchmark: how fast each layer is, at what cost, against DuckDB on the same input.
 
     make bench                                     # the defaults below
-    python -m include.tools.bench --events-per-day 200000 --days 2 --growth-events-per-day 20000
+    python -m include.bench --events-per-day 200000 --days 2 --growth-events-per-day 20000
 
 Every figure comes from running the layers as the DAG runs them: one spark-submit per layer, source
 and ingestion date, with the job files and settings of a local `lakehouse_daily` run (the command of
@@ -16,7 +16,7 @@ Phases, each optional (`--skip`):
   wall seconds, delivered lines per second, the gate's seconds and share, the peak resident memory of
   the Spark driver (the JVM, and the JVM with the job's Python process), the Delta files the job wrote
   and their bytes.
-- `reference`: DuckDB (include/tools/bench_reference.py) doing the same bronze -> silver -> gold work on
+- `reference`: DuckDB (include/bench/reference.py) doing the same bronze -> silver -> gold work on
   the same files, timed per layer; our seconds divided by DuckDB's, per layer and end to end, and every
   gold mart compared row for row.
 - `refresh`: a full refresh of each source's gold marts after the last day, against the sum of the
@@ -255,7 +255,7 @@ def phase_layers(settings: Settings, days: dict[str, list[date]], log_dir: Path)
 
 
 def phase_reference(settings: Settings, days: dict[str, list[date]], out: Path) -> dict:
-    from include.tools.bench_reference import Reference
+    from include.bench.reference import Reference
 
     reference = Reference(settings.landing, out)
     timings = []

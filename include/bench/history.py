@@ -7,9 +7,9 @@ seconds of each layer, gold's recomputed keys, the seconds of each layer's quali
 the layer's), and the size of silver/events before the day; at the end, day N against day 2 (day 1
 builds the marts from nothing and is not comparable).
 
-    python -m include.tools.history_bench --days 31 --events-per-day 100000
-    python -m include.tools.history_bench --days 2 --events-per-day 1000000 --root /tmp/bench-1m
-    python -m include.tools.history_bench --days 31 --events-per-day 1000000 --gold-days 1,2,30,31
+    python -m include.bench.history --days 31 --events-per-day 100000
+    python -m include.bench.history --days 2 --events-per-day 1000000 --root /tmp/bench-1m
+    python -m include.bench.history --days 31 --events-per-day 1000000 --gold-days 1,2,30,31
 
 `--gold-days` runs gold only on those days (the others build history through bronze and silver): a
 gold run then catches up every silver change since its last run, so day 31's run is comparable with

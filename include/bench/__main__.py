@@ -1,0 +1,5 @@
+import sys
+
+from include.bench.benchmark import main
+
+sys.exit(main())
