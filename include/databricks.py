@@ -7,8 +7,8 @@ Where things are on Databricks:
   (`include/databricks.yml`, `databricks bundle deploy -t prod`) under LAKEHOUSE_DATABRICKS_FILES (the wheel
   in its dist/); each run installs the wheel, and with it what the wheel requires (Great Expectations at the
   pinned version), and runs `spark_jobs/<layer>.py`, which imports the project from the wheel. Not a
-  `python_wheel_task`: the provider forwards the DAG's params into such a task's `named_parameters`, which
-  the Jobs API refuses beside the `parameters` the jobs take;
+  `python_wheel_task`: the provider fills such a task's `named_parameters` with the DAG's params, which
+  reach the job as options (`--full_refresh=...`) its argument parser does not know;
 - the tables: Unity Catalog, `<LAKEHOUSE_DATABRICKS_CATALOG>.<layer>.<table>` (schemas bronze, silver
   and gold), instead of paths;
 - the landing zone: a Unity Catalog volume, LAKEHOUSE_DATABRICKS_LANDING

@@ -143,7 +143,8 @@ def run_gold(spark, settings: Settings, source: Source, ingestion_date: date, ru
                     inputs, rollup_write, frames = _refresh_rollup(spark, settings, mart.rollup, silver, changes,
                                                                    seen[mart.table])
                     cached.extend(frames)
-                    rollup_writes.extend([rollup_write] if rollup_write else [])
+                    if rollup_write is not None:
+                        rollup_writes.append(rollup_write)
                 if _rebuilds(spark, path, mart, counts[mart.table]):
                     plans[mart.table] = "rebuilt"
                     staged.append(_whole(mart, inputs, path))

@@ -15,6 +15,15 @@ from include.sources import EVENTS, ORDERS, PUBLISHED_TABLES, SOURCES
 
 ORDERS_HEADER = ORDERS.header
 EVENTS_HEADER = EVENTS.header
+REQUIREMENT_FILES = ("requirements.txt", "requirements-dev.txt")
+
+
+def pinned_requirements(*names: str) -> list:
+    """The requirements (`packaging` Requirements) of the files `names` (default: both requirement files)."""
+    from packaging.requirements import Requirement
+
+    lines = [line for name in names or REQUIREMENT_FILES for line in (PROJECT_ROOT / name).read_text().splitlines()]
+    return [Requirement(line) for line in (line.split("#")[0].strip() for line in lines) if line]
 
 
 def deliver(settings, source: str, day: str, name: str, content: str | bytes, compress: bool = False) -> Path:

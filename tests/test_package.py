@@ -21,8 +21,7 @@ from include.code_archive import archived_files
 from include.config import PROJECT_ROOT
 from include.databricks import wheel_name
 from tests.conftest import TEST_SPARK_ENV, connect_server
-from tests.helpers import ORDERS_HEADER, deliver
-from tests.test_requirements import pinned_requirements
+from tests.helpers import ORDERS_HEADER, deliver, pinned_requirements
 
 pytestmark = pytest.mark.xdist_group("package")
 

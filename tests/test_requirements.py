@@ -11,15 +11,9 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 from include.config import PROJECT_ROOT, delta_package
+from tests.helpers import REQUIREMENT_FILES, pinned_requirements
 
-REQUIREMENT_FILES = ("requirements.txt", "requirements-dev.txt")
 LOCK_FILE = "requirements.lock"
-
-
-def pinned_requirements(*names: str) -> list[Requirement]:
-    """The requirements of the files `names` (default: both)."""
-    lines = [line for name in names or REQUIREMENT_FILES for line in (PROJECT_ROOT / name).read_text().splitlines()]
-    return [Requirement(line) for line in (line.split("#")[0].strip() for line in lines) if line]
 
 
 @pytest.mark.parametrize("requirement", pinned_requirements(), ids=str)
