@@ -271,8 +271,8 @@ class Settings:
             "spark.local.dir": str(home / "scratch"),
             # Shuffle files, broadcasts and the frames a finished session kept (local checkpoints) go when the
             # driver's garbage collector finds them unreferenced: a server shared by every date's jobs looks
-            # every minute, not Spark's 30, with a concurrent collection rather than a full one that stops
-            # every running job.
+            # every minute, not Spark's 30. The collection Spark asks for is a full one: a concurrent one
+            # (-XX:+ExplicitGCInvokesConcurrent) left an ended session's rows stored on an idle server.
             "spark.cleaner.periodicGC.interval": "1min",
             # Client sessions share the server's class loader (include/connect_server.py says why), so the
             # classes Spark generates for one task's queries serve the next task's. The cache holds those of
@@ -280,7 +280,7 @@ class Settings:
             "spark.sql.artifact.isolation.enabled": "false",
             "spark.sql.codegen.cache.maxEntries": "4000",
             "spark.driver.extraJavaOptions": " ".join(
-                [f"-Dlog4j.configurationFile=file:{LOG4J_CONFIG}", "-XX:+ExplicitGCInvokesConcurrent",
+                [f"-Dlog4j.configurationFile=file:{LOG4J_CONFIG}",
                  *([self.java_options] if self.java_options else [])]),
         }
 

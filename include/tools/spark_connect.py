@@ -135,7 +135,10 @@ def start(settings: Settings | None = None, env: dict[str, str] | None = None, t
             raise SystemExit(f"port {settings.connect_port} on 127.0.0.1 is taken by another program: set "
                              f"LAKEHOUSE_CONNECT_PORT to a free port")
         (settings.connect_home / "scratch").mkdir(parents=True, exist_ok=True)
-        server_env = {key: value for key, value in env.items() if key != "LAKEHOUSE_CONNECT_TOKEN"}
+        # Not the client mode a process that opened sessions has set (include/spark.py): the server's own
+        # session is a classic one.
+        server_env = {key: value for key, value in env.items()
+                      if key not in ("LAKEHOUSE_CONNECT_TOKEN", "SPARK_CONNECT_MODE_ENABLED", "SPARK_REMOTE")}
         server_env["SPARK_CONNECT_AUTHENTICATE_TOKEN"] = token
         server_env["SPARK_LOCAL_IP"] = "127.0.0.1"  # the UI's and the block manager's address
         server_env.setdefault("PYSPARK_PYTHON", sys.executable)
