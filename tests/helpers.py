@@ -65,6 +65,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def own_server_env(home: Path, **settings: str) -> dict[str, str]:
+    """The settings of a Spark Connect server of a test's own, beside the tests' shared one: its home, free
+    ports and a small heap, `settings` on top (a token of its own, for clients that are processes given
+    these settings; a client in the test process reads the shared server's from the environment)."""
+    return {"LAKEHOUSE_CONNECT_HOME": str(home), "LAKEHOUSE_CONNECT_PORT": str(free_port()),
+            "LAKEHOUSE_CONNECT_UI_PORT": str(free_port()), "LAKEHOUSE_CONNECT_MEMORY": "2g", **settings}
+
+
 def airflow_env(home: Path, **settings: str) -> dict[str, str]:
     """The environment of an Airflow of the tests' own: its home, the project's DAGs and plugins, no
     examples, the virtualenv's `airflow` and `spark-submit` first on PATH, and `settings` on top."""

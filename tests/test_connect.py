@@ -24,7 +24,7 @@ from include.config import Settings
 from include.spark import ServerUnavailable, connect_session, release_session, session_id_for
 from include.tools import spark_connect
 from tests.conftest import TEST_SPARK_ENV, connect_server
-from tests.helpers import airflow_env, free_port, prepare_airflow_db
+from tests.helpers import airflow_env, free_port, own_server_env, prepare_airflow_db
 
 pytestmark = pytest.mark.xdist_group("connect")
 
@@ -40,9 +40,7 @@ def quiet_server(tmp_path_factory) -> Settings:
     once nothing on the server refers to them: the session's state goes when it ends, but the threads its
     queries started (the pools of query stages, shuffle exchanges, the block manager) keep a reference until
     they have been idle a minute, and on the shared server the other tests' queries keep them busy."""
-    env = {**os.environ, **TEST_SPARK_ENV, "LAKEHOUSE_CONNECT_HOME": str(tmp_path_factory.mktemp("quiet-server")),
-           "LAKEHOUSE_CONNECT_PORT": str(free_port()), "LAKEHOUSE_CONNECT_UI_PORT": str(free_port()),
-           "LAKEHOUSE_CONNECT_MEMORY": "2g"}
+    env = {**os.environ, **TEST_SPARK_ENV, **own_server_env(tmp_path_factory.mktemp("quiet-server"))}
     settings = Settings.from_env(env)
     spark_connect.start(settings, env=env, quiet=True)
     yield settings

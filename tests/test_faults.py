@@ -1035,12 +1035,10 @@ def test_a_connect_server_killed_mid_run_then_started_again_converges(spark, tmp
     from include.tools import spark_connect
     from spark_jobs.gold import run_gold
     from tests.conftest import TEST_SPARK_ENV
-    from tests.helpers import free_port, published_tables
+    from tests.helpers import own_server_env, published_tables
 
     days = [date(2010, 12, 1), date(2010, 12, 2)]
-    server_env = {"LAKEHOUSE_CONNECT_HOME": str(tmp_path / "server"), "LAKEHOUSE_CONNECT_PORT": str(free_port()),
-                  "LAKEHOUSE_CONNECT_UI_PORT": str(free_port()), "LAKEHOUSE_CONNECT_TOKEN": secrets.token_urlsafe(24),
-                  "LAKEHOUSE_CONNECT_MEMORY": "2g"}
+    server_env = own_server_env(tmp_path / "server", LAKEHOUSE_CONNECT_TOKEN=secrets.token_urlsafe(24))
 
     def settings_at(name: str, **extra: str) -> Settings:
         return Settings.from_env({**TEST_SPARK_ENV, "LAKEHOUSE_LANDING": str(tmp_path / "landing"),
